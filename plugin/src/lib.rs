@@ -1,0 +1,2 @@
+//! vsock-plugin: a vhost-user virtio-vsock device.
+pub mod config;
