@@ -8,7 +8,8 @@
 pub mod cli;
 pub mod keyvalue;
 
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -16,6 +17,21 @@ use serde::Deserialize;
 pub const FIRST_GUEST_CID: u64 = 3;
 /// Largest virtqueue size the vhost-user spec (and crosvm's default `max-queue-size`) uses.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// Largest guest CID: `u32::MAX` (`VMADDR_CID_ANY`) is excluded.
+pub const LAST_GUEST_CID: u64 = 0xFFFF_FFFE;
+/// Longest Unix socket path, in bytes: `sun_path` holds 108 bytes including the terminating NUL.
+pub const MAX_UNIX_PATH_LEN: usize = 107;
+/// The longest suffix appended to `uds-path` for guest→host connections: `_<port>`, port < 2^32.
+pub const UDS_PORT_SUFFIX_MAX: &str = "_4294967295";
+/// Longest `uds-path`, so that `<uds-path>_4294967295` still fits in a `sockaddr_un` (96 bytes).
+pub const MAX_UDS_PATH_LEN: usize = MAX_UNIX_PATH_LEN - UDS_PORT_SUFFIX_MAX.len();
+/// Bounds of `tx-buffer-size` (bytes): at least one page, at most 1 GiB.
+pub const MIN_TX_BUFFER_SIZE: u32 = 4096;
+pub const MAX_TX_BUFFER_SIZE: u32 = 1 << 30;
+/// Bounds of `max-connections`: each connection holds at least one host fd.
+pub const MAX_MAX_CONNECTIONS: u32 = 1 << 20;
+/// Longest group name, in bytes.
+pub const MAX_GROUP_NAME_LEN: usize = 64;
 
 /// How the hybrid listener answers a host `CONNECT <port>` line.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
@@ -82,6 +98,138 @@ pub struct VmConfig {
     pub seqpacket: Toggle,
 }
 
+/// A [`VmConfig`] value that is out of bounds or inconsistent; the message names the key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("guest-cid {0} is out of range: must be 3..=4294967294 (0-2 are reserved, 4294967295 is VMADDR_CID_ANY)")]
+    GuestCid(u64),
+    #[error("one of socket or socket-fd is required")]
+    NoSocket,
+    #[error("socket and socket-fd are mutually exclusive")]
+    SocketAndFd,
+    #[error("socket-fd {0} is not a valid file descriptor")]
+    SocketFd(i32),
+    #[error("{key} is empty")]
+    EmptyPath { key: &'static str },
+    #[error("{key} {path:?} contains a NUL byte")]
+    NulInPath { key: &'static str, path: PathBuf },
+    #[error("socket {path:?} is too long ({len} bytes; a Unix socket path holds at most 107)")]
+    SocketTooLong { path: PathBuf, len: usize },
+    #[error("uds-path {path:?} is too long ({len} bytes; at most 96, so that <uds-path>_4294967295 fits in a Unix socket address)")]
+    UdsPathTooLong { path: PathBuf, len: usize },
+    #[error("socket and uds-path are the same path {0:?}")]
+    SocketIsUdsPath(PathBuf),
+    #[error("queue-size {0} is invalid: must be a power of two in 1..=32768")]
+    QueueSize(u16),
+    #[error("tx-buffer-size {0} is out of range: must be 4096..=1073741824")]
+    TxBufferSize(u32),
+    #[error("max-connections {0} is out of range: must be 1..=1048576")]
+    MaxConnections(u32),
+    #[error("{key} must be at least 1 ms")]
+    ZeroTimeout { key: &'static str },
+    #[error("groups is empty: give at least one group name")]
+    NoGroups,
+    #[error("group name {0:?} is invalid: use 1 to 64 characters from [A-Za-z0-9_-]")]
+    GroupName(String),
+    #[error("group {0:?} is listed twice in groups")]
+    DuplicateGroup(String),
+}
+
+impl VmConfig {
+    /// Checks each value against its bounds:
+    ///
+    /// - `guest-cid`: 3..=0xFFFF_FFFE (0-2 are reserved, `u32::MAX` is `VMADDR_CID_ANY`);
+    /// - exactly one of `socket` / `socket-fd`; `socket-fd` >= 0; `socket` non-empty, without NUL
+    ///   and at most 107 bytes (a `sockaddr_un` path);
+    /// - `uds-path`: non-empty, without NUL, at most 96 bytes so that `<uds-path>_4294967295` fits
+    ///   in a `sockaddr_un`, and not the same path as `socket`;
+    /// - `queue-size`: a power of two in 1..=32768;
+    /// - `tx-buffer-size`: 4096..=1 GiB;
+    /// - `max-connections`: 1..=2^20;
+    /// - `connect-timeout-ms`, `shutdown-timeout-ms`, `connect-line-timeout-ms`: at least 1;
+    /// - `groups`: at least one; names of 1 to 64 characters from `[A-Za-z0-9_-]`, no repeats.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(FIRST_GUEST_CID..=LAST_GUEST_CID).contains(&self.guest_cid) {
+            return Err(ConfigError::GuestCid(self.guest_cid));
+        }
+        match (&self.socket, self.socket_fd) {
+            (None, None) => return Err(ConfigError::NoSocket),
+            (Some(_), Some(_)) => return Err(ConfigError::SocketAndFd),
+            (None, Some(fd)) if fd < 0 => return Err(ConfigError::SocketFd(fd)),
+            (None, Some(_)) => {}
+            (Some(path), None) => {
+                let len = check_path("socket", path)?;
+                if len > MAX_UNIX_PATH_LEN {
+                    return Err(ConfigError::SocketTooLong {
+                        path: path.clone(),
+                        len,
+                    });
+                }
+            }
+        }
+        let len = check_path("uds-path", &self.uds_path)?;
+        if len > MAX_UDS_PATH_LEN {
+            return Err(ConfigError::UdsPathTooLong {
+                path: self.uds_path.clone(),
+                len,
+            });
+        }
+        if self.socket.as_deref() == Some(self.uds_path.as_path()) {
+            return Err(ConfigError::SocketIsUdsPath(self.uds_path.clone()));
+        }
+        if !self.queue_size.is_power_of_two() || self.queue_size > MAX_QUEUE_SIZE {
+            return Err(ConfigError::QueueSize(self.queue_size));
+        }
+        if !(MIN_TX_BUFFER_SIZE..=MAX_TX_BUFFER_SIZE).contains(&self.tx_buffer_size) {
+            return Err(ConfigError::TxBufferSize(self.tx_buffer_size));
+        }
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(ConfigError::MaxConnections(self.max_connections));
+        }
+        for (key, ms) in [
+            ("connect-timeout-ms", self.connect_timeout_ms),
+            ("shutdown-timeout-ms", self.shutdown_timeout_ms),
+            ("connect-line-timeout-ms", self.connect_line_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(ConfigError::ZeroTimeout { key });
+            }
+        }
+        if self.groups.is_empty() {
+            return Err(ConfigError::NoGroups);
+        }
+        for (i, name) in self.groups.iter().enumerate() {
+            let valid = !name.is_empty()
+                && name.len() <= MAX_GROUP_NAME_LEN
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                return Err(ConfigError::GroupName(name.clone()));
+            }
+            if self.groups[..i].contains(name) {
+                return Err(ConfigError::DuplicateGroup(name.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a socket path is non-empty and NUL-free; returns its length in bytes.
+fn check_path(key: &'static str, path: &Path) -> Result<usize, ConfigError> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        return Err(ConfigError::EmptyPath { key });
+    }
+    if bytes.contains(&0) {
+        return Err(ConfigError::NulInPath {
+            key,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes.len())
+}
+
 pub mod defaults {
     pub fn tx_buffer_size() -> u32 {
         64 * 1024
@@ -103,5 +251,242 @@ pub mod defaults {
     }
     pub fn connect_line_timeout_ms() -> u32 {
         5000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> VmConfig {
+        VmConfig {
+            guest_cid: 3,
+            socket: Some(PathBuf::from("/run/v.vhost")),
+            socket_fd: None,
+            uds_path: PathBuf::from("/run/v.vsock"),
+            tx_buffer_size: defaults::tx_buffer_size(),
+            queue_size: defaults::queue_size(),
+            groups: defaults::groups(),
+            max_connections: defaults::max_connections(),
+            connect_timeout_ms: defaults::connect_timeout_ms(),
+            shutdown_timeout_ms: defaults::shutdown_timeout_ms(),
+            connect_line_timeout_ms: defaults::connect_line_timeout_ms(),
+            ok_reply: OkReply::default(),
+            seqpacket: Toggle::default(),
+        }
+    }
+
+    fn err(vm: VmConfig) -> String {
+        match vm.validate() {
+            Ok(()) => panic!("{vm:?} validated"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let vm: VmConfig =
+            keyvalue::from_key_values("guest-cid=3,socket=/run/v.vhost,uds-path=/run/v.vsock")
+                .unwrap();
+        assert_eq!(vm, base());
+        assert_eq!(vm.validate(), Ok(()));
+    }
+
+    #[test]
+    fn bounds_accepted() {
+        let long_uds = format!("/{}", "u".repeat(MAX_UDS_PATH_LEN - 1));
+        let long_socket = format!("/{}", "s".repeat(MAX_UNIX_PATH_LEN - 1));
+        for vm in [
+            VmConfig {
+                guest_cid: LAST_GUEST_CID,
+                ..base()
+            },
+            VmConfig {
+                socket: None,
+                socket_fd: Some(0),
+                ..base()
+            },
+            VmConfig {
+                socket: Some(long_socket.into()),
+                ..base()
+            },
+            VmConfig {
+                uds_path: long_uds.into(),
+                ..base()
+            },
+            VmConfig {
+                queue_size: 1,
+                ..base()
+            },
+            VmConfig {
+                tx_buffer_size: MIN_TX_BUFFER_SIZE,
+                ..base()
+            },
+            VmConfig {
+                tx_buffer_size: MAX_TX_BUFFER_SIZE,
+                ..base()
+            },
+            VmConfig {
+                max_connections: 1,
+                ..base()
+            },
+            VmConfig {
+                groups: vec!["a-Z_09".into(), "b".into()],
+                ..base()
+            },
+        ] {
+            assert_eq!(vm.validate(), Ok(()), "{vm:?}");
+        }
+    }
+
+    #[test]
+    fn errors() {
+        let cid =
+            "out of range: must be 3..=4294967294 (0-2 are reserved, 4294967295 is VMADDR_CID_ANY)";
+        assert_eq!(
+            err(VmConfig {
+                guest_cid: 2,
+                ..base()
+            }),
+            format!("guest-cid 2 is {cid}")
+        );
+        assert_eq!(
+            err(VmConfig {
+                guest_cid: 1 << 32,
+                ..base()
+            }),
+            format!("guest-cid 4294967296 is {cid}")
+        );
+        assert_eq!(
+            err(VmConfig {
+                socket: None,
+                ..base()
+            }),
+            "one of socket or socket-fd is required"
+        );
+        assert_eq!(
+            err(VmConfig {
+                socket_fd: Some(3),
+                ..base()
+            }),
+            "socket and socket-fd are mutually exclusive"
+        );
+        assert_eq!(
+            err(VmConfig {
+                socket: None,
+                socket_fd: Some(-1),
+                ..base()
+            }),
+            "socket-fd -1 is not a valid file descriptor"
+        );
+        assert_eq!(
+            err(VmConfig {
+                socket: Some("".into()),
+                ..base()
+            }),
+            "socket is empty"
+        );
+        assert_eq!(
+            err(VmConfig {
+                uds_path: "".into(),
+                ..base()
+            }),
+            "uds-path is empty"
+        );
+        assert_eq!(
+            err(VmConfig {
+                uds_path: "/a\0b".into(),
+                ..base()
+            }),
+            "uds-path \"/a\\0b\" contains a NUL byte"
+        );
+        let long_socket = format!("/{}", "s".repeat(MAX_UNIX_PATH_LEN));
+        assert_eq!(
+            err(VmConfig { socket: Some(long_socket.clone().into()), ..base() }),
+            format!("socket {long_socket:?} is too long (108 bytes; a Unix socket path holds at most 107)")
+        );
+        let long_uds = format!("/{}", "u".repeat(MAX_UDS_PATH_LEN));
+        assert_eq!(
+            err(VmConfig {
+                uds_path: long_uds.clone().into(),
+                ..base()
+            }),
+            format!(
+                "uds-path {long_uds:?} is too long (97 bytes; at most 96, so that \
+                 <uds-path>_4294967295 fits in a Unix socket address)"
+            )
+        );
+        assert_eq!(
+            err(VmConfig {
+                uds_path: "/run/v.vhost".into(),
+                ..base()
+            }),
+            "socket and uds-path are the same path \"/run/v.vhost\""
+        );
+        for q in [0, 3, 100, 65535] {
+            assert_eq!(
+                err(VmConfig {
+                    queue_size: q,
+                    ..base()
+                }),
+                format!("queue-size {q} is invalid: must be a power of two in 1..=32768")
+            );
+        }
+        assert_eq!(
+            err(VmConfig {
+                tx_buffer_size: 4095,
+                ..base()
+            }),
+            "tx-buffer-size 4095 is out of range: must be 4096..=1073741824"
+        );
+        assert_eq!(
+            err(VmConfig {
+                tx_buffer_size: (1 << 30) + 1,
+                ..base()
+            }),
+            "tx-buffer-size 1073741825 is out of range: must be 4096..=1073741824"
+        );
+        assert_eq!(
+            err(VmConfig {
+                max_connections: 0,
+                ..base()
+            }),
+            "max-connections 0 is out of range: must be 1..=1048576"
+        );
+        assert_eq!(
+            err(VmConfig {
+                shutdown_timeout_ms: 0,
+                ..base()
+            }),
+            "shutdown-timeout-ms must be at least 1 ms"
+        );
+        assert_eq!(
+            err(VmConfig {
+                groups: vec![],
+                ..base()
+            }),
+            "groups is empty: give at least one group name"
+        );
+        assert_eq!(
+            err(VmConfig {
+                groups: vec!["".into()],
+                ..base()
+            }),
+            "group name \"\" is invalid: use 1 to 64 characters from [A-Za-z0-9_-]"
+        );
+        assert_eq!(
+            err(VmConfig {
+                groups: vec!["g/1".into()],
+                ..base()
+            }),
+            "group name \"g/1\" is invalid: use 1 to 64 characters from [A-Za-z0-9_-]"
+        );
+        assert_eq!(
+            err(VmConfig {
+                groups: vec!["g".into(), "h".into(), "g".into()],
+                ..base()
+            }),
+            "group \"g\" is listed twice in groups"
+        );
     }
 }

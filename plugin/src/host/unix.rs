@@ -1,0 +1,145 @@
+//! Unix-socket plumbing for the hybrid host side: the `<uds-path>` listener and non-blocking
+//! connects to `<uds-path>_<port>`, as stream or seqpacket sockets.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// `<uds-path>_<port>`: where a guest connection to host port `port` goes.
+pub fn port_path(uds: &Path, port: u32) -> PathBuf {
+    let mut s = uds.as_os_str().to_owned();
+    s.push(format!("_{port}"));
+    PathBuf::from(s)
+}
+
+/// Outcome of a non-blocking connect.
+pub enum Connect {
+    Connected(UnixStream),
+    /// The listener's backlog is full: try again shortly.
+    Busy,
+}
+
+/// Connects a non-blocking socket of `sock_type` (`SOCK_STREAM` / `SOCK_SEQPACKET`) to `path`.
+/// `UnixStream` is used as a plain fd holder for both types (reads and writes map to
+/// `recv`/`send`, which keep seqpacket boundaries).
+pub fn connect(path: &Path, sock_type: libc::c_int) -> io::Result<Connect> {
+    // SAFETY: plain socket(2) call; the fd is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            sock_type | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (addr, len) = sockaddr(path)?;
+    // SAFETY: addr is a valid sockaddr_un of length len.
+    let rc = unsafe { libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) };
+    if rc == 0 {
+        return Ok(Connect::Connected(UnixStream::from(owned)));
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) => Ok(Connect::Busy),
+        // A non-blocking AF_UNIX connect completes or fails at once; EINPROGRESS does not occur.
+        _ => Err(err),
+    }
+}
+
+/// The socket type of a connected or listening socket.
+pub fn socket_type(fd: &impl std::os::fd::AsRawFd) -> io::Result<libc::c_int> {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `ty`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            &mut ty as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ty)
+}
+
+/// Binds a listener at `path`. A stale socket file nobody listens on is replaced; a live one, or
+/// a path that is not a socket, is an error (never steal another process's socket).
+pub fn bind_listener(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by another process", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    Ok((addr, len as libc::socklen_t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connects_by_type_and_reports_missing_listeners() {
+        let dir = std::env::temp_dir().join(format!("vp-unix-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let uds = dir.join("vm");
+        let l = bind_listener(&port_path(&uds, 80)).unwrap();
+        assert!(matches!(
+            connect(&port_path(&uds, 80), libc::SOCK_STREAM),
+            Ok(Connect::Connected(_))
+        ));
+        let err = connect(&port_path(&uds, 80), libc::SOCK_SEQPACKET)
+            .err()
+            .unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::EPROTOTYPE));
+        let err = connect(&port_path(&uds, 81), libc::SOCK_STREAM)
+            .err()
+            .unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        // A live listener is never replaced; a stale one is.
+        assert!(bind_listener(&port_path(&uds, 80)).is_err());
+        drop(l);
+        assert!(bind_listener(&port_path(&uds, 80)).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

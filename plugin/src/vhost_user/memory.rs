@@ -1,0 +1,275 @@
+//! The guest memory table: regions the frontend shares with SET_MEM_TABLE / ADD_MEM_REG, each an
+//! fd mapped `MAP_SHARED` at `mmap_offset`, placed at `guest_phys_addr`.
+//!
+//! Two address spaces meet here (vhost-user spec "Memory regions"):
+//! - descriptor buffer addresses are guest-physical (GPA);
+//! - ring addresses in SET_VRING_ADDR are *frontend virtual addresses*; they are translated to GPAs
+//!   through each region's `userspace_addr`.
+//!
+//! Rules: regions must not overlap in either space, sizes are non-zero, `addr + size` must not
+//! overflow, and at most [`MAX_REGIONS`] regions exist. A failed change leaves the table as it was.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+/// Memory slots we accept (GET_MAX_MEM_SLOTS); QEMU needs at least 8 without CONFIGURE_MEM_SLOTS.
+pub const MAX_REGIONS: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MemoryError {
+    #[error("region {index}: size is zero")]
+    EmptyRegion { index: usize },
+    #[error("region {index}: address + size overflows")]
+    Overflow { index: usize },
+    #[error("region {index} overlaps another region")]
+    Overlap { index: usize },
+    #[error("too many regions ({0} > {MAX_REGIONS})")]
+    TooMany(usize),
+    #[error("region {index}: cannot map the fd: {reason}")]
+    Map { index: usize, reason: String },
+    #[error("no region matches {0:#x}")]
+    NotFound(u64),
+}
+
+/// The frontend's description of one region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionSpec {
+    pub guest_phys_addr: u64,
+    pub memory_size: u64,
+    pub userspace_addr: u64,
+    pub mmap_offset: u64,
+}
+
+struct Region {
+    spec: RegionSpec,
+    mapping: Arc<GuestRegionMmap>,
+}
+
+/// All mapped regions, plus the `GuestMemoryMmap` view the virtqueues use.
+#[derive(Default)]
+pub struct MemoryTable {
+    regions: Vec<Region>,
+    memory: Option<Arc<GuestMemoryMmap>>,
+}
+
+impl MemoryTable {
+    /// The memory the queues read and write (None until a table arrives).
+    pub fn memory(&self) -> Option<&Arc<GuestMemoryMmap>> {
+        self.memory.as_ref()
+    }
+
+    pub fn regions(&self) -> impl Iterator<Item = &RegionSpec> {
+        self.regions.iter().map(|r| &r.spec)
+    }
+
+    /// Replaces the whole table (SET_MEM_TABLE).
+    pub fn set_all(&mut self, specs: Vec<(RegionSpec, File)>) -> Result<(), MemoryError> {
+        if specs.len() > MAX_REGIONS {
+            return Err(MemoryError::TooMany(specs.len()));
+        }
+        let mut regions = Vec::with_capacity(specs.len());
+        for (index, (spec, file)) in specs.into_iter().enumerate() {
+            check_new(&regions, index, &spec)?;
+            regions.push(map_region(index, spec, file)?);
+        }
+        self.install(regions)
+    }
+
+    /// Adds one region (ADD_MEM_REG).
+    pub fn add(&mut self, spec: RegionSpec, file: File) -> Result<(), MemoryError> {
+        let index = self.regions.len();
+        if index >= MAX_REGIONS {
+            return Err(MemoryError::TooMany(index + 1));
+        }
+        check_new(&self.regions, index, &spec)?;
+        let region = map_region(index, spec, file)?;
+        let mut regions: Vec<Region> = self
+            .regions
+            .iter()
+            .map(|r| Region {
+                spec: r.spec,
+                mapping: r.mapping.clone(),
+            })
+            .collect();
+        regions.push(region);
+        self.install(regions)
+    }
+
+    /// Removes the region matching `spec` by guest address, size and user address (REM_MEM_REG).
+    pub fn remove(&mut self, spec: &RegionSpec) -> Result<(), MemoryError> {
+        let pos = self
+            .regions
+            .iter()
+            .position(|r| {
+                r.spec.guest_phys_addr == spec.guest_phys_addr
+                    && r.spec.memory_size == spec.memory_size
+                    && r.spec.userspace_addr == spec.userspace_addr
+            })
+            .ok_or(MemoryError::NotFound(spec.guest_phys_addr))?;
+        let regions = self
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != pos)
+            .map(|(_, r)| Region {
+                spec: r.spec,
+                mapping: r.mapping.clone(),
+            })
+            .collect();
+        self.install(regions)
+    }
+
+    /// Drops every mapping (frontend gone, or RESET).
+    pub fn clear(&mut self) {
+        self.regions.clear();
+        self.memory = None;
+    }
+
+    /// Frontend virtual address → guest-physical address, if `[va, va + len)` lies in one region.
+    pub fn va_to_gpa(&self, va: u64, len: u64) -> Option<u64> {
+        self.regions.iter().find_map(|r| {
+            let off = va.checked_sub(r.spec.userspace_addr)?;
+            (off.checked_add(len)? <= r.spec.memory_size).then(|| r.spec.guest_phys_addr + off)
+        })
+    }
+
+    fn install(&mut self, mut regions: Vec<Region>) -> Result<(), MemoryError> {
+        regions.sort_by_key(|r| r.spec.guest_phys_addr);
+        let memory = if regions.is_empty() {
+            None
+        } else {
+            let arcs = regions.iter().map(|r| r.mapping.clone()).collect();
+            Some(Arc::new(GuestMemoryMmap::from_arc_regions(arcs).map_err(
+                |e| MemoryError::Map {
+                    index: 0,
+                    reason: e.to_string(),
+                },
+            )?))
+        };
+        self.regions = regions;
+        self.memory = memory;
+        Ok(())
+    }
+}
+
+fn check_new(existing: &[Region], index: usize, spec: &RegionSpec) -> Result<(), MemoryError> {
+    if spec.memory_size == 0 {
+        return Err(MemoryError::EmptyRegion { index });
+    }
+    let gpa_end = spec.guest_phys_addr.checked_add(spec.memory_size);
+    let va_end = spec.userspace_addr.checked_add(spec.memory_size);
+    let off_end = spec.mmap_offset.checked_add(spec.memory_size);
+    let (Some(gpa_end), Some(va_end), Some(_)) = (gpa_end, va_end, off_end) else {
+        return Err(MemoryError::Overflow { index });
+    };
+    if usize::try_from(spec.memory_size).is_err() {
+        return Err(MemoryError::Overflow { index });
+    }
+    let overlaps = existing.iter().any(|r| {
+        let o = &r.spec;
+        (spec.guest_phys_addr < o.guest_phys_addr + o.memory_size && o.guest_phys_addr < gpa_end)
+            || (spec.userspace_addr < o.userspace_addr + o.memory_size && o.userspace_addr < va_end)
+    });
+    if overlaps {
+        return Err(MemoryError::Overlap { index });
+    }
+    Ok(())
+}
+
+fn map_region(index: usize, spec: RegionSpec, file: File) -> Result<Region, MemoryError> {
+    let map_err = |reason: String| MemoryError::Map { index, reason };
+    let size = usize::try_from(spec.memory_size).map_err(|_| MemoryError::Overflow { index })?;
+    let len = file.metadata().map_err(|e| map_err(e.to_string()))?.len();
+    // A regular file or memfd must cover the mapped range, or touching the tail would SIGBUS.
+    if len != 0 && spec.mmap_offset.saturating_add(spec.memory_size) > len {
+        return Err(map_err(format!(
+            "offset {:#x} + size {:#x} is beyond the fd's {len:#x} bytes",
+            spec.mmap_offset, spec.memory_size
+        )));
+    }
+    let mmap = MmapRegion::from_file(FileOffset::new(file, spec.mmap_offset), size)
+        .map_err(|e| map_err(e.to_string()))?;
+    let mapping = GuestRegionMmap::new(mmap, GuestAddress(spec.guest_phys_addr))
+        .ok_or_else(|| map_err("guest address range overflows".to_string()))?;
+    Ok(Region {
+        spec,
+        mapping: Arc::new(mapping),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    fn memfd(size: u64) -> File {
+        let f = tempfile_like(size);
+        f
+    }
+
+    fn tempfile_like(size: u64) -> File {
+        // SAFETY: memfd_create with a valid C string.
+        let fd = unsafe { libc::memfd_create(c"vsock-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        use std::os::fd::FromRawFd;
+        // SAFETY: fd is a fresh, owned descriptor.
+        let f = unsafe { File::from_raw_fd(fd) };
+        f.set_len(size).unwrap();
+        f
+    }
+
+    fn spec(gpa: u64, size: u64, va: u64, off: u64) -> RegionSpec {
+        RegionSpec {
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: va,
+            mmap_offset: off,
+        }
+    }
+
+    #[test]
+    fn maps_translates_and_rejects_bad_tables() {
+        let mut t = MemoryTable::default();
+        let f = memfd(0x20000);
+        t.set_all(vec![
+            (
+                spec(0, 0x10000, 0x7f00_0000_0000, 0),
+                f.try_clone().unwrap(),
+            ),
+            (
+                spec(0x100000, 0x10000, 0x7f00_0001_0000, 0x10000),
+                f.try_clone().unwrap(),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(t.va_to_gpa(0x7f00_0001_0010, 16), Some(0x100010));
+        assert_eq!(t.va_to_gpa(0x7f00_0000_fff8, 16), None);
+        let m = t.memory().unwrap().clone();
+        m.write_obj(0xabcdu32, GuestAddress(0x100000)).unwrap();
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x100000)).unwrap(), 0xabcd);
+
+        assert_eq!(
+            t.add(spec(0x8000, 0x1000, 0x1000, 0), f.try_clone().unwrap()),
+            Err(MemoryError::Overlap { index: 2 })
+        );
+        assert_eq!(
+            t.add(spec(0x200000, 0, 0x1000, 0), f.try_clone().unwrap()),
+            Err(MemoryError::EmptyRegion { index: 2 })
+        );
+        assert_eq!(
+            t.add(spec(u64::MAX, 2, 0x1000, 0), f.try_clone().unwrap()),
+            Err(MemoryError::Overflow { index: 2 })
+        );
+        assert!(matches!(
+            t.add(spec(0x200000, 0x100000, 0x1000, 0), f.try_clone().unwrap()),
+            Err(MemoryError::Map { .. })
+        ));
+        // Failed changes left the table intact.
+        assert_eq!(t.regions().count(), 2);
+        t.remove(&spec(0, 0x10000, 0x7f00_0000_0000, 0)).unwrap();
+        assert_eq!(t.regions().count(), 1);
+        assert_eq!(t.va_to_gpa(0x7f00_0000_0000, 1), None);
+    }
+}

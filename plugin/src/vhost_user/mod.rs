@@ -1,0 +1,13 @@
+//! The vhost-user server: our own loop over `vhost`'s message types (released `vhost` rejects
+//! IOTLB messages and `vhost-user-backend` has no IOMMU support, so the loop is ours).
+//!
+//! - [`listener`]: the socket a VMM connects to (a path, or an inherited fd).
+//! - [`wire`]: message framing and fd passing.
+//! - [`session`]: request handlers and the state of one frontend connection.
+//! - [`memory`]: the guest memory table and frontend-VA → guest-physical translation.
+//! - [`features`]: what is offered and accepted.
+pub mod features;
+pub mod listener;
+pub mod memory;
+pub mod session;
+pub mod wire;

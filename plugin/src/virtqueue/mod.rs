@@ -1,0 +1,4 @@
+//! Virtqueues: the split rings a frontend hands over ([`vring`]) and the buffers of one
+//! descriptor chain ([`chain`]).
+pub mod chain;
+pub mod vring;

@@ -1,0 +1,12 @@
+//! The virtio-vsock device proper.
+//!
+//! - [`packet`]: the 44-byte header and its constants.
+//! - [`connection`]: one connection's state machine (with the protocol primer) and host buffer.
+//! - [`credit`]: credit flow control rules.
+//! - [`conn_table`]: the connections of a VM.
+//! - [`device`]: moving packets between virtqueues, host sockets and sibling VMs.
+pub mod conn_table;
+pub mod connection;
+pub mod credit;
+pub mod device;
+pub mod packet;
