@@ -139,10 +139,11 @@ impl VmWorker {
     /// Runs until stopped, or until an inherited connected frontend goes away.
     pub fn run(mut self) {
         let mut events = vec![EpollEvent::default(); 256];
-        let mut timed = false;
+        // Timeouts are checked every TICK while any may be pending; an idle VM sleeps.
+        let mut check_timers = false;
         let mut next_tick = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
-            let timeout = if timed {
+            let timeout = if check_timers {
                 next_tick
                     .saturating_duration_since(Instant::now())
                     .as_millis() as i32
@@ -163,12 +164,11 @@ impl VmWorker {
                 }
             }
             self.pump();
-            if Instant::now() >= next_tick {
-                timed = self.device.on_tick(&self.epoll);
+            check_timers |= n > 0;
+            if check_timers && Instant::now() >= next_tick {
+                check_timers = self.device.on_tick(&self.epoll);
                 next_tick = Instant::now() + TICK;
                 self.pump();
-            } else {
-                timed = true;
             }
             if self.session.is_none() && !self.listener.can_accept() {
                 log::info!(

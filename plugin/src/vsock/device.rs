@@ -808,7 +808,12 @@ impl VsockDevice {
                     self.stats.rx_packets += 1;
                     used_any = true;
                 }
-                None => rings.vrings[RX_QUEUE].unpop(),
+                None => {
+                    // Nothing fitted or nothing was there after all (EAGAIN, EOF): give the
+                    // buffer back and wait for the next event.
+                    rings.vrings[RX_QUEUE].unpop();
+                    break;
+                }
             }
         }
         if used_any {
