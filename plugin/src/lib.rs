@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod host;
+pub mod iotlb;
 pub mod vhost_user;
 pub mod virtqueue;
 pub mod vsock;
@@ -84,6 +85,12 @@ impl Plugin {
                 guest_cid: cid,
                 max_queue_size: cfg.queue_size,
                 seqpacket: cfg.seqpacket == config::Toggle::On,
+                iotlb: iotlb::policy::IotlbPolicy {
+                    mode: cfg.iotlb,
+                    access_platform: cfg.access_platform,
+                },
+                iotlb_max_entries: cfg.iotlb_max_entries as usize,
+                iotlb_miss_timeout: Duration::from_millis(cfg.iotlb_miss_timeout_ms as u64),
             };
             let worker = VmWorker::new(
                 format!("cid {cid}"),

@@ -25,6 +25,7 @@ pub mod token {
     const FRONTEND: u64 = 2;
     const HYBRID_LISTENER: u64 = 3;
     const WAKE: u64 = 4;
+    const BACKEND_CHANNEL: u64 = 5;
     const KICK_BASE: u64 = 16;
     const HOST_CLIENT: u64 = 1 << 32;
     const HOST_CONN: u64 = 2 << 32;
@@ -35,6 +36,7 @@ pub mod token {
         Frontend,
         HybridListener,
         Wake,
+        BackendChannel,
         Kick(usize),
         HostClient(u32),
         HostConn(u32),
@@ -47,6 +49,7 @@ pub mod token {
                 Token::Frontend => FRONTEND,
                 Token::HybridListener => HYBRID_LISTENER,
                 Token::Wake => WAKE,
+                Token::BackendChannel => BACKEND_CHANNEL,
                 Token::Kick(q) => KICK_BASE + q as u64,
                 Token::HostClient(id) => HOST_CLIENT | id as u64,
                 Token::HostConn(slot) => HOST_CONN | slot as u64,
@@ -59,6 +62,7 @@ pub mod token {
                 FRONTEND => Token::Frontend,
                 HYBRID_LISTENER => Token::HybridListener,
                 WAKE => Token::Wake,
+                BACKEND_CHANNEL => Token::BackendChannel,
                 k if (KICK_BASE..KICK_BASE + 8).contains(&k) => {
                     Token::Kick((k - KICK_BASE) as usize)
                 }
@@ -167,6 +171,9 @@ impl VmWorker {
             check_timers |= n > 0;
             if check_timers && Instant::now() >= next_tick {
                 check_timers = self.device.on_tick(&self.epoll);
+                if let Some(session) = self.session.as_mut() {
+                    check_timers |= session.check_miss_timeouts();
+                }
                 next_tick = Instant::now() + TICK;
                 self.pump();
             }
@@ -186,6 +193,13 @@ impl VmWorker {
                 let _ = self.wake.read();
             }
             Token::FrontendListener => self.accept_frontend(),
+            Token::BackendChannel => {
+                if let Some(session) = self.session.as_mut() {
+                    if let Err(e) = session.backend_readable() {
+                        log::warn!("[{}] {e}", self.name);
+                    }
+                }
+            }
             Token::Frontend => self.serve_frontend(),
             Token::Kick(q) => {
                 if let Some(fd) = self
@@ -232,6 +246,7 @@ impl VmWorker {
             self.device.process_rx(&mut rings);
         }
         self.device.process_event(&mut rings);
+        session.send_pending_misses();
     }
 
     fn accept_frontend(&mut self) {
@@ -289,6 +304,9 @@ impl VmWorker {
                 if changes.kicks {
                     self.sync_kicks();
                 }
+                if changes.backend_channel {
+                    self.watch_backend_channel();
+                }
             }
             Err(e) => {
                 match &e {
@@ -324,6 +342,21 @@ impl VmWorker {
             );
             // A frontend may already be waiting in the backlog.
             self.accept_frontend();
+        }
+    }
+
+    fn watch_backend_channel(&mut self) {
+        let Some(fd) = self
+            .session
+            .as_ref()
+            .and_then(|s| s.backend_channel())
+            .map(|c| c.socket().as_raw_fd())
+        else {
+            return;
+        };
+        let ev = EpollEvent::new(EventSet::IN, Token::BackendChannel.encode());
+        if self.epoll.ctl(ControlOperation::Add, fd, ev).is_err() {
+            let _ = self.epoll.ctl(ControlOperation::Modify, fd, ev);
         }
     }
 

@@ -53,6 +53,14 @@ Options (each also as `--option=VALUE`; as `--vm` keys, without the dashes):
     --ok-reply guest-port|host-port reply `OK <guest port>` (Cuttlefish) or Firecracker's
                                     `OK <local port>` [default: guest-port]
     --seqpacket [on|off]            offer VIRTIO_VSOCK_F_SEQPACKET [default: on]
+    --access-platform [true|false]  offer VIRTIO_F_ACCESS_PLATFORM (bit 33): the guest uses the
+                                    DMA API. Never turns on address translation [default: false]
+    --iotlb off|required|auto       IOTLB translation of ring and buffer addresses (IOVAs).
+                                    required: offer bit 33 + BACKEND_REQ, refuse a session without
+                                    bit 33; auto: translate iff bit 33 is negotiated (trusts the
+                                    frontend) [default: off]
+    --iotlb-miss-timeout-ms MS      a MISS unanswered this long stops the queue [default: 5000]
+    --iotlb-max-entries N           IOTLB entries kept; the oldest is evicted [default: 2048]
     --vm KEY=VALUE,...              one VM; cannot be mixed with the single-VM options above.
                                     Quote a value holding ',' as KEY=\"VALUE\"
     -h, --help                      print this help
@@ -155,6 +163,10 @@ const SINGLE_VM_KEYS: &[&str] = &[
     "connect-line-timeout-ms",
     "ok-reply",
     "seqpacket",
+    "access-platform",
+    "iotlb",
+    "iotlb-miss-timeout-ms",
+    "iotlb-max-entries",
 ];
 
 /// Parses the arguments (without argv\[0\]) into a [`Command`]; every VM is validated.
@@ -201,6 +213,12 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
             None if key == "seqpacket" => match args.next_if(|v| v == "on" || v == "off") {
                 Some(v) => v,
                 None => "on".to_string(),
+            },
+            // `--access-platform` alone means `true`.
+            None if key == "access-platform" => match args.next_if(|v| v == "true" || v == "false")
+            {
+                Some(v) => v,
+                None => "true".to_string(),
             },
             None => match args.next() {
                 Some(v) => v,
@@ -351,7 +369,7 @@ fn check_distinct(vms: &[VmConfig]) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{OkReply, Toggle};
+    use crate::config::{IotlbMode, OkReply, Toggle};
 
     fn args(s: &[&str]) -> Vec<String> {
         s.iter().map(|a| a.to_string()).collect()
@@ -387,6 +405,10 @@ mod tests {
             connect_line_timeout_ms: 5000,
             ok_reply: OkReply::GuestPort,
             seqpacket: Toggle::On,
+            access_platform: false,
+            iotlb: IotlbMode::Off,
+            iotlb_miss_timeout_ms: 5000,
+            iotlb_max_entries: 2048,
         }
     }
 
@@ -549,7 +571,8 @@ mod tests {
             err(&["--vm", "guest-cid=3,socket=/s,uds-path=/u,colour=red"]),
             "--vm #1: unknown key \"colour\" (valid keys: guest-cid, socket, socket-fd, uds-path, \
              tx-buffer-size, queue-size, groups, max-connections, connect-timeout-ms, \
-             shutdown-timeout-ms, connect-line-timeout-ms, ok-reply, seqpacket)"
+             shutdown-timeout-ms, connect-line-timeout-ms, ok-reply, seqpacket, access-platform, \
+             iotlb, iotlb-miss-timeout-ms, iotlb-max-entries)"
         );
         assert_eq!(
             err(&["--colour", "red"]),

@@ -53,6 +53,19 @@ pub enum Toggle {
     Off,
 }
 
+/// Whether ring and buffer addresses are IOVAs translated through an IOTLB the frontend fills.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum IotlbMode {
+    /// Never translate (bit 33, if offered, is only recorded).
+    #[default]
+    Off,
+    /// Always translate; a session without bit 33 is refused.
+    Required,
+    /// Translate exactly when bit 33 is negotiated (the spec's reading; trusts the frontend).
+    Auto,
+}
+
 /// One VM served by this process: the vhost-user socket its VMM connects to, and the hybrid
 /// Unix-socket namespace its connections map to on the host.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -96,6 +109,16 @@ pub struct VmConfig {
     /// Offer SEQPACKET sockets to the guest.
     #[serde(default)]
     pub seqpacket: Toggle,
+    /// Offer `VIRTIO_F_ACCESS_PLATFORM` (the guest uses the DMA API); never enables translation.
+    #[serde(default)]
+    pub access_platform: bool,
+    /// IOTLB translation (see [`IotlbMode`]).
+    #[serde(default)]
+    pub iotlb: IotlbMode,
+    #[serde(default = "defaults::iotlb_miss_timeout_ms")]
+    pub iotlb_miss_timeout_ms: u32,
+    #[serde(default = "defaults::iotlb_max_entries")]
+    pub iotlb_max_entries: u32,
 }
 
 /// A [`VmConfig`] value that is out of bounds or inconsistent; the message names the key.
@@ -249,6 +272,12 @@ pub mod defaults {
     pub fn shutdown_timeout_ms() -> u32 {
         2000
     }
+    pub fn iotlb_miss_timeout_ms() -> u32 {
+        5000
+    }
+    pub fn iotlb_max_entries() -> u32 {
+        2048
+    }
     pub fn connect_line_timeout_ms() -> u32 {
         5000
     }
@@ -273,6 +302,10 @@ mod tests {
             connect_line_timeout_ms: defaults::connect_line_timeout_ms(),
             ok_reply: OkReply::default(),
             seqpacket: Toggle::default(),
+            access_platform: false,
+            iotlb: IotlbMode::default(),
+            iotlb_miss_timeout_ms: defaults::iotlb_miss_timeout_ms(),
+            iotlb_max_entries: defaults::iotlb_max_entries(),
         }
     }
 

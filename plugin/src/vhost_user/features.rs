@@ -1,14 +1,14 @@
 //! Feature bits this device offers and accepts.
 //!
 //! Virtio (GET_FEATURES): VERSION_1, EVENT_IDX, the vhost-user PROTOCOL_FEATURES bit, and
-//! SEQPACKET when configured. `VIRTIO_F_ACCESS_PLATFORM` (bit 33) is *not* offered here: what it
-//! means to a guest ("use the DMA API") and to vhost ("translate through an IOTLB") are separate
-//! decisions, owned by the IOTLB configuration. A SET_FEATURES with any bit we did not offer is
+//! SEQPACKET when configured. `VIRTIO_F_ACCESS_PLATFORM` (bit 33) is added only by the IOTLB
+//! policy (`crate::iotlb::policy`): what it means to a guest ("use the DMA API") and to vhost
+//! ("translate through an IOTLB") are separate decisions. A SET_FEATURES with any bit we did not offer is
 //! refused whole: QEMU forwards bit 33 un-offered when a vIOMMU is present, and silently dropping
 //! it would run the rings untranslated.
 //!
 //! Protocol (GET_PROTOCOL_FEATURES): MQ, REPLY_ACK, CONFIG (mandatory for QEMU), RESET_DEVICE,
-//! CONFIGURE_MEM_SLOTS. BACKEND_REQ is not offered (nothing here sends backend requests).
+//! CONFIGURE_MEM_SLOTS; BACKEND_REQ only when the IOTLB policy may translate (MISS messages).
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
 
@@ -40,6 +40,7 @@ pub fn protocol_offer() -> u64 {
 }
 
 pub const PROTOCOL_REPLY_ACK: u64 = P::REPLY_ACK.bits();
+pub const PROTOCOL_BACKEND_REQ: u64 = P::BACKEND_REQ.bits();
 
 /// Names of the bits in `bits`, for error messages ("bit 33 (ACCESS_PLATFORM)").
 pub fn describe(bits: u64) -> String {

@@ -135,6 +135,24 @@ impl MemoryTable {
         })
     }
 
+    /// `[va, va + len)` as guest-physical pieces `(offset into the range, gpa, len)`, when every
+    /// byte lies in some region (a range may cross regions that are adjacent in VA space).
+    pub fn va_pieces(&self, va: u64, len: u64) -> Option<Vec<(u64, u64, u64)>> {
+        let mut pieces = Vec::new();
+        let mut done = 0u64;
+        while done < len {
+            let at = va.checked_add(done)?;
+            let r = self.regions.iter().find(|r| {
+                at >= r.spec.userspace_addr && at - r.spec.userspace_addr < r.spec.memory_size
+            })?;
+            let off = at - r.spec.userspace_addr;
+            let n = (r.spec.memory_size - off).min(len - done);
+            pieces.push((done, r.spec.guest_phys_addr + off, n));
+            done += n;
+        }
+        Some(pieces)
+    }
+
     fn install(&mut self, mut regions: Vec<Region>) -> Result<(), MemoryError> {
         regions.sort_by_key(|r| r.spec.guest_phys_addr);
         let memory = if regions.is_empty() {

@@ -10,16 +10,21 @@
 use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
     FrontendReq, VhostUserConfig, VhostUserMemory, VhostUserMemoryRegion,
     VhostUserSingleMemoryRegion, VhostUserU64, VhostUserVringAddr, VhostUserVringState,
 };
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use vm_memory::{ByteValued, GuestMemoryMmap, IommuMemory};
 
 use super::features::{self, NUM_QUEUES, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX};
 use super::memory::{MemoryTable, RegionSpec, MAX_REGIONS};
 use super::wire::{self, Message};
+use crate::iotlb::miss::BackendChannel;
+use crate::iotlb::policy::IotlbPolicy;
+use crate::iotlb::table::{self as iotlb_table, IotlbRequest, VhostIommu};
+use crate::iotlb::DeviceMemory;
 use crate::virtqueue::vring::{eventfd_from, Vring};
 
 /// Kick/call/err payload: bits 0-7 the ring index, bit 8 "no fd".
@@ -51,6 +56,8 @@ pub struct Changes {
     pub queues_ready: u8,
     /// RESET_DEVICE / RESET_OWNER: connections must be dropped.
     pub reset: bool,
+    /// The backend channel was (re)placed: watch its fd.
+    pub backend_channel: bool,
 }
 
 /// What the device configuration contributes to the session.
@@ -59,17 +66,24 @@ pub struct SessionConfig {
     pub guest_cid: u64,
     pub max_queue_size: u16,
     pub seqpacket: bool,
+    pub iotlb: IotlbPolicy,
+    pub iotlb_max_entries: usize,
+    pub iotlb_miss_timeout: Duration,
 }
 
 pub struct FrontendSession {
     sock: UnixStream,
     config: SessionConfig,
     virtio_offer: u64,
+    protocol_offer: u64,
     acked_features: Option<u64>,
     acked_protocol: u64,
     memory: MemoryTable,
+    /// Guest RAM as the rings see it: behind the IOTLB when `translated`.
+    mem: Arc<DeviceMemory>,
+    translated: bool,
     vrings: Vec<Vring>,
-    backend_channel: Option<UnixStream>,
+    backend_channel: Option<BackendChannel>,
     changes: Changes,
 }
 
@@ -79,25 +93,126 @@ impl FrontendSession {
             .map(|_| Vring::new(config.max_queue_size))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SessionError::Fatal(e.to_string()))?;
+        let mut virtio_offer = features::virtio_offer(config.seqpacket);
+        let mut protocol_offer = features::protocol_offer();
+        if config.iotlb.offers_access_platform() {
+            virtio_offer |= features::VIRTIO_F_ACCESS_PLATFORM;
+        }
+        if config.iotlb.offers_backend_req() {
+            protocol_offer |= features::PROTOCOL_BACKEND_REQ;
+        }
+        let iommu = VhostIommu::new(config.iotlb_max_entries);
+        let mem = Arc::new(IommuMemory::new(
+            GuestMemoryMmap::default(),
+            iommu,
+            false,
+            (),
+        ));
         Ok(FrontendSession {
             sock,
             config,
-            virtio_offer: features::virtio_offer(config.seqpacket),
+            virtio_offer,
+            protocol_offer,
             acked_features: None,
             acked_protocol: 0,
             memory: MemoryTable::default(),
+            mem,
+            translated: false,
             vrings,
             backend_channel: None,
             changes: Changes::default(),
         })
     }
 
-    pub fn socket(&self) -> &UnixStream {
-        &self.sock
+    /// Guest memory for the data path, once the frontend shared it.
+    pub fn device_memory(&self) -> Option<&Arc<DeviceMemory>> {
+        self.memory.memory().map(|_| &self.mem)
     }
 
-    pub fn memory(&self) -> Option<&Arc<GuestMemoryMmap>> {
-        self.memory.memory()
+    pub fn translated(&self) -> bool {
+        self.translated
+    }
+
+    pub fn backend_channel(&self) -> Option<&BackendChannel> {
+        self.backend_channel.as_ref()
+    }
+
+    /// Rebuilds the rings' view of memory after a table change or a translation switch. The
+    /// IOTLB is flushed: its entries were resolved against the old table.
+    fn rebuild_memory(&mut self) {
+        let backend = self
+            .memory
+            .memory()
+            .map(|m| (**m).clone())
+            .unwrap_or_default();
+        let mut mem = self.mem.with_replaced_backend(backend);
+        mem.set_iommu_enabled(self.translated);
+        mem.iommu().flush();
+        self.mem = Arc::new(mem);
+    }
+
+    /// Sends the MISS of every queue that parked on an IOTLB hole.
+    pub fn send_pending_misses(&mut self) {
+        for (q, vring) in self.vrings.iter_mut().enumerate() {
+            let Some(p) = vring.parked().copied() else {
+                continue;
+            };
+            if p.miss_sent || !vring.is_started() {
+                continue;
+            }
+            let sent = match &mut self.backend_channel {
+                Some(ch) => ch
+                    .send_miss(q, p.fail.iova, p.fail.access)
+                    .map_err(|e| e.to_string()),
+                None => Err("no backend channel".to_string()),
+            };
+            match sent {
+                Ok(()) => vring.miss_sent(),
+                Err(e) => vring.mark_broken(&format!("cannot send IOTLB MISS: {e}")),
+            }
+        }
+    }
+
+    /// The backend channel is readable: a MISS reply (or the frontend closed it).
+    pub fn backend_readable(&mut self) -> Result<(), SessionError> {
+        let Some(ch) = &mut self.backend_channel else {
+            return Ok(());
+        };
+        match ch.read_reply() {
+            Ok(Some((q, status))) => {
+                if let Some(v) = self.vrings.get_mut(q) {
+                    v.miss_answered(status);
+                    self.changes.queues_ready |= 1 << q;
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.backend_channel = None;
+                self.changes.backend_channel = true;
+                for v in &mut self.vrings {
+                    if v.parked().is_some() {
+                        v.mark_broken("backend channel closed while a MISS was pending");
+                    }
+                }
+                Err(SessionError::Refused(format!("backend channel: {e}")))
+            }
+        }
+    }
+
+    /// Stops queues whose MISS went unanswered for too long.
+    pub fn check_miss_timeouts(&mut self) -> bool {
+        let now = Instant::now();
+        let mut pending = false;
+        for v in &mut self.vrings {
+            v.check_miss_timeout(now, self.config.iotlb_miss_timeout);
+            pending |= v.parked().is_some();
+        }
+        pending
+    }
+
+    pub fn socket(&self) -> &UnixStream {
+        &self.sock
     }
 
     pub fn vring(&self, index: usize) -> Option<&Vring> {
@@ -105,8 +220,11 @@ impl FrontendSession {
     }
 
     /// Memory and rings together, for the device's data path.
-    pub fn rings_mut(&mut self) -> (Option<&Arc<GuestMemoryMmap>>, &mut [Vring]) {
-        (self.memory.memory(), &mut self.vrings)
+    pub fn rings_mut(&mut self) -> (Option<Arc<DeviceMemory>>, &mut [Vring]) {
+        (
+            self.memory.memory().map(|_| self.mem.clone()),
+            &mut self.vrings,
+        )
     }
 
     /// Negotiated virtio features (0 before SET_FEATURES).
@@ -164,10 +282,10 @@ impl FrontendSession {
         match req {
             R::GET_FEATURES => Ok(Reply::u64(self.virtio_offer)),
             R::SET_FEATURES => self.set_features(parse::<VhostUserU64>(p)?.value),
-            R::GET_PROTOCOL_FEATURES => Ok(Reply::u64(features::protocol_offer())),
+            R::GET_PROTOCOL_FEATURES => Ok(Reply::u64(self.protocol_offer)),
             R::SET_PROTOCOL_FEATURES => {
                 let bits = parse::<VhostUserU64>(p)?.value;
-                let extra = bits & !features::protocol_offer();
+                let extra = bits & !self.protocol_offer;
                 if extra != 0 {
                     return refuse(format!(
                         "protocol feature bits not offered: {}",
@@ -191,6 +309,7 @@ impl FrontendSession {
                 self.memory
                     .add(region_spec(&region), file)
                     .map_err(|e| SessionError::Refused(e.to_string()))?;
+                self.rebuild_memory();
                 self.changes.queues_ready = 0xff;
                 Ok(Reply::Ack)
             }
@@ -200,6 +319,7 @@ impl FrontendSession {
                 self.memory
                     .remove(&region_spec(&region))
                     .map_err(|e| SessionError::Refused(e.to_string()))?;
+                self.rebuild_memory();
                 Ok(Reply::Ack)
             }
             R::SET_VRING_NUM => {
@@ -226,6 +346,10 @@ impl FrontendSession {
                     .map_err(|e| SessionError::Fatal(e.to_string()))?;
                 let base = vring.stop();
                 self.changes.kicks = true;
+                if self.vrings.iter().all(|v| !v.is_started()) {
+                    // Suspended: QEMU forwards no unmaps while stopped, so nothing may survive.
+                    self.mem.iommu().flush();
+                }
                 Ok(Reply::Body(
                     VhostUserVringState::new(index, base as u32)
                         .as_slice()
@@ -237,14 +361,23 @@ impl FrontendSession {
                 let Some(fd) = fd else {
                     return refuse("polling mode (no kick fd) is not supported");
                 };
-                let mem = self.memory.memory().cloned();
+                if self.translated
+                    && (self.acked_protocol & features::PROTOCOL_REPLY_ACK == 0
+                        || self.backend_channel.is_none())
+                {
+                    return refuse(
+                        "IOTLB translation needs REPLY_ACK negotiated and a backend channel \
+                         (SET_BACKEND_REQ_FD) before rings start",
+                    );
+                }
+                if self.memory.memory().is_none() {
+                    return refuse("SET_VRING_KICK before SET_MEM_TABLE");
+                }
+                let mem = self.mem.clone();
                 let vring = &mut self.vrings[index];
                 vring.set_kick(Some(eventfd_from(fd)));
-                let Some(mem) = mem else {
-                    return refuse("SET_VRING_KICK before SET_MEM_TABLE");
-                };
                 vring
-                    .start(mem.as_ref())
+                    .start(&mem)
                     .map_err(|e| SessionError::Refused(format!("vring {index}: {e}")))?;
                 self.changes.kicks = true;
                 self.changes.queues_ready |= 1 << index;
@@ -279,13 +412,14 @@ impl FrontendSession {
             R::SET_CONFIG => refuse("the vsock config space is read-only"),
             R::SET_BACKEND_REQ_FD => {
                 let file = exactly_one_fd(msg.fds)?;
-                // Kept for the backend channel; nothing is sent on it unless BACKEND_REQ is offered.
-                self.backend_channel = Some(UnixStream::from(std::os::fd::OwnedFd::from(file)));
+                // Used for IOTLB misses only; nothing is sent on it otherwise.
+                self.backend_channel = Some(BackendChannel::new(UnixStream::from(
+                    std::os::fd::OwnedFd::from(file),
+                )));
+                self.changes.backend_channel = true;
                 Ok(Reply::Ack)
             }
-            R::IOTLB_MSG => Err(SessionError::Fatal(
-                "IOTLB_MSG received but IOTLB translation is not enabled on this device".into(),
-            )),
+            R::IOTLB_MSG => self.iotlb_msg(p),
             other => refuse(format!("{other:?} is not supported by this device")),
         }
     }
@@ -299,6 +433,18 @@ impl FrontendSession {
                 self.virtio_offer
             ));
         }
+        self.translated = self.config.iotlb.translate(bits).or_else(refuse)?;
+        if bits & features::VIRTIO_F_ACCESS_PLATFORM != 0 {
+            log::info!(
+                "ACCESS_PLATFORM negotiated; addresses are {}",
+                if self.translated {
+                    "IOVAs translated through the IOTLB"
+                } else {
+                    "untranslated (IOTLB off)"
+                }
+            );
+        }
+        self.rebuild_memory();
         self.acked_features = Some(bits);
         let event_idx = bits & VIRTIO_RING_F_EVENT_IDX != 0;
         for vring in &mut self.vrings {
@@ -346,6 +492,7 @@ impl FrontendSession {
         self.memory
             .set_all(specs)
             .map_err(|e| SessionError::Refused(e.to_string()))?;
+        self.rebuild_memory();
         self.changes.queues_ready = 0xff;
         Ok(Reply::Ack)
     }
@@ -357,6 +504,20 @@ impl FrontendSession {
             return refuse(format!("vring {index}: unknown address flags {flags:#x}"));
         }
         self.vring_mut(index)?;
+        if self.translated {
+            // IOVAs: checked against the IOTLB at access time, not now (it may be empty).
+            let max = self.config.max_queue_size as u64;
+            let fits = [(desc, 16 * max), (avail, 6 + 2 * max), (used, 6 + 8 * max)]
+                .iter()
+                .all(|&(a, l)| a.checked_add(l).is_some());
+            if !fits {
+                return refuse(format!("vring {index}: ring IOVA range overflows"));
+            }
+            self.vrings[index as usize]
+                .set_addresses(desc, avail, used)
+                .map_err(|e| SessionError::Refused(format!("vring {index}: {e}")))?;
+            return Ok(Reply::Ack);
+        }
         // Ring addresses are frontend virtual addresses; map them to guest-physical ones. The
         // full ring extents are checked against guest memory when the ring starts.
         let mut gpas = [0u64; 3];
@@ -418,10 +579,66 @@ impl FrontendSession {
         Ok(Reply::Body(body))
     }
 
+    /// IOTLB_MSG: only meaningful while translating. Otherwise the frontend believes we translate
+    /// and we do not: answer non-zero and end the session (fail loudly, never run mismatched).
+    fn iotlb_msg(&mut self, p: &[u8]) -> Result<Reply, SessionError> {
+        if !self.translated {
+            let _ = self.send(
+                FrontendReq::IOTLB_MSG.into(),
+                VhostUserU64::new(1).as_slice(),
+            );
+            return Err(SessionError::Fatal(
+                "IOTLB_MSG received but this session does not translate (iotlb=off, or ACCESS_PLATFORM \
+                 not negotiated): the frontend expects translation; closing"
+                    .into(),
+            ));
+        }
+        let status = match iotlb_table::parse_request(p).and_then(|req| self.apply_iotlb(req)) {
+            Ok(()) => 0,
+            Err(why) => {
+                log::warn!("IOTLB message refused: {why}");
+                1
+            }
+        };
+        // IOTLB_MSG always gets a u64 reply, whatever REPLY_ACK says.
+        Ok(Reply::u64(status))
+    }
+
+    fn apply_iotlb(&mut self, req: IotlbRequest) -> Result<(), String> {
+        match req {
+            IotlbRequest::Update {
+                iova,
+                size,
+                uaddr,
+                perm,
+            } => {
+                let pieces = self.memory.va_pieces(uaddr, size).ok_or_else(|| {
+                    format!("UPDATE target {uaddr:#x}+{size:#x} is not inside the memory table")
+                })?;
+                let pieces: Vec<_> = pieces
+                    .into_iter()
+                    .map(|(off, gpa, len)| (iova + off, gpa, len))
+                    .collect();
+                self.mem.iommu().map(&pieces, perm);
+                for v in &mut self.vrings {
+                    v.iotlb_updated();
+                }
+                self.changes.queues_ready = 0xff;
+            }
+            IotlbRequest::Invalidate { iova, size } => {
+                // Nothing built from the old mapping is alive: guest pointers never outlive one
+                // call on this thread, which is the one handling this message.
+                self.mem.iommu().invalidate(iova, size);
+            }
+        }
+        Ok(())
+    }
+
     fn reset_device(&mut self) {
         for vring in &mut self.vrings {
             vring.reset();
         }
+        self.mem.iommu().flush();
         self.acked_features = None;
         self.changes.kicks = true;
         self.changes.reset = true;

@@ -58,8 +58,17 @@ impl Message {
     }
 }
 
-/// Receives one message. Blocks until it is complete (bounded by the socket's read timeout).
+/// Receives one request. Blocks until it is complete (bounded by the socket's read timeout).
 pub fn recv_message(sock: &UnixStream) -> Result<Message, WireError> {
+    recv(sock, false)
+}
+
+/// Receives one reply (REPLY flag set), e.g. to a backend-channel request.
+pub fn recv_reply(sock: &UnixStream) -> Result<Message, WireError> {
+    recv(sock, true)
+}
+
+fn recv(sock: &UnixStream, reply: bool) -> Result<Message, WireError> {
     let mut header = [0u8; HEADER_SIZE];
     let (n, fds) = recv_with_fds(sock, &mut header)?;
     if n == 0 {
@@ -72,7 +81,8 @@ pub fn recv_message(sock: &UnixStream) -> Result<Message, WireError> {
     let word =
         |i: usize| u32::from_ne_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     let (request, flags, size) = (word(0), word(4), word(8));
-    if flags & FLAG_VERSION_MASK != FLAG_VERSION_1 || flags & !0xf != 0 || flags & FLAG_REPLY != 0 {
+    let reply_ok = (flags & FLAG_REPLY != 0) == reply;
+    if flags & FLAG_VERSION_MASK != FLAG_VERSION_1 || flags & !0xf != 0 || !reply_ok {
         return Err(WireError::BadFlags(flags));
     }
     if size as usize > MAX_PAYLOAD {

@@ -9,12 +9,29 @@
 //! processed again until the frontend sets it up anew, and its error eventfd is signalled.
 
 use std::fs::File;
+use std::time::Instant;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestMemory};
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{ChainBuffers, ChainError};
+use crate::iotlb::table::TranslationFail;
+use crate::iotlb::DeviceMemory;
+
+/// A queue waiting for an IOTLB mapping (translated mode only). While parked nothing is popped;
+/// the chain that missed stays available in the ring.
+#[derive(Debug, Clone, Copy)]
+pub struct Parked {
+    pub fail: TranslationFail,
+    pub since: Instant,
+    /// The MISS went out on the backend channel.
+    pub miss_sent: bool,
+    /// The frontend answered the MISS: a repeat of the same failure is final.
+    pub answered: bool,
+    /// Something changed (UPDATE or answer): try again.
+    pub retry: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VringError {
@@ -40,6 +57,7 @@ pub struct Vring {
     started: bool,
     enabled: bool,
     broken: bool,
+    parked: Option<Parked>,
 }
 
 /// Wraps an fd received from the frontend as an EventFd.
@@ -62,6 +80,7 @@ impl Vring {
             started: false,
             enabled: false,
             broken: false,
+            parked: None,
         })
     }
 
@@ -74,6 +93,7 @@ impl Vring {
         self.started = false;
         self.enabled = false;
         self.broken = false;
+        self.parked = None;
     }
 
     pub fn set_num(&mut self, num: u32) -> Result<(), VringError> {
@@ -138,21 +158,139 @@ impl Vring {
         self.started && self.enabled && !self.broken
     }
 
-    /// Starts the ring after checking that its whole layout lies in guest memory.
-    pub fn start<M: GuestMemory>(&mut self, mem: &M) -> Result<(), VringError> {
+    /// Starts the ring. Untranslated, its whole layout must lie in guest memory now; translated,
+    /// the IOTLB is filled on demand, so the layout is checked before every use instead.
+    pub fn start(&mut self, mem: &DeviceMemory) -> Result<(), VringError> {
         self.queue.set_ready(true);
-        if !self.queue.is_valid(mem) {
+        let ok = if mem.get_iommu_enabled() {
+            self.layout_fits_address_space()
+        } else {
+            self.queue.is_valid(mem)
+        };
+        if !ok {
             self.queue.set_ready(false);
             return Err(VringError::NotInMemory);
         }
         self.started = true;
         self.broken = false;
+        self.parked = None;
         Ok(())
+    }
+
+    /// (descriptor table, avail ring, used ring) byte sizes for the current queue size.
+    fn layout(&self) -> [(u64, usize, Permissions); 3] {
+        let n = self.queue.size() as usize;
+        [
+            (self.queue.desc_table(), 16 * n, Permissions::Read),
+            (self.queue.avail_ring(), 6 + 2 * n, Permissions::Read),
+            (self.queue.used_ring(), 6 + 8 * n, Permissions::Write),
+        ]
+    }
+
+    fn layout_fits_address_space(&self) -> bool {
+        self.layout()
+            .iter()
+            .all(|&(addr, len, _)| addr.checked_add(len as u64).is_some())
+    }
+
+    /// Translated mode: every ring part must be mapped with its access before a chain is taken,
+    /// so that nothing can fail half-way (after a packet was acted on).
+    fn layout_accessible(&self, mem: &DeviceMemory) -> bool {
+        self.layout()
+            .iter()
+            .all(|&(addr, len, access)| mem.check_range(GuestAddress(addr), len, access))
+    }
+
+    pub fn parked(&self) -> Option<&Parked> {
+        self.parked.as_ref()
+    }
+
+    /// A MISS for the parked failure went out.
+    pub fn miss_sent(&mut self) {
+        if let Some(p) = &mut self.parked {
+            p.miss_sent = true;
+        }
+    }
+
+    /// The frontend answered this queue's MISS (`status` 0 = handled).
+    pub fn miss_answered(&mut self, status: u64) {
+        if let Some(p) = &mut self.parked {
+            if status != 0 {
+                let why = format!(
+                    "the frontend refused to map IOVA {:#x} (MISS answered {status})",
+                    p.fail.iova
+                );
+                self.parked = None;
+                self.mark_broken(&why);
+                return;
+            }
+            p.answered = true;
+            p.retry = true;
+        }
+    }
+
+    /// The IOTLB gained mappings: a parked queue tries again.
+    pub fn iotlb_updated(&mut self) {
+        if let Some(p) = &mut self.parked {
+            p.retry = true;
+        }
+    }
+
+    /// Stops a queue whose MISS is older than `timeout`.
+    pub fn check_miss_timeout(&mut self, now: Instant, timeout: std::time::Duration) {
+        if let Some(p) = self.parked {
+            if now.duration_since(p.since) >= timeout {
+                self.parked = None;
+                self.mark_broken(&format!(
+                    "no IOTLB mapping for IOVA {:#x} within {timeout:?}",
+                    p.fail.iova
+                ));
+            }
+        }
+    }
+
+    /// A translation failed while taking a chain: park (and have a MISS sent), wait for the
+    /// answer, or give up when the answered address still fails.
+    fn translation_failed(&mut self, mem: &DeviceMemory) {
+        let Some(fail) = mem.iommu().take_fail() else {
+            self.mark_broken("guest memory access failed outside the IOTLB");
+            return;
+        };
+        match &mut self.parked {
+            Some(p) if p.fail.iova == fail.iova && p.fail.access == fail.access => {
+                if p.answered {
+                    let kind = if fail.miss {
+                        "still unmapped"
+                    } else {
+                        "still lacks the needed permission"
+                    };
+                    let why = format!(
+                        "IOVA {:#x} {kind} after the frontend answered the MISS",
+                        fail.iova
+                    );
+                    self.parked = None;
+                    self.mark_broken(&why);
+                } else {
+                    p.retry = false;
+                }
+            }
+            _ => {
+                self.parked = Some(Parked {
+                    fail,
+                    since: Instant::now(),
+                    miss_sent: false,
+                    answered: false,
+                    retry: false,
+                });
+            }
+        }
     }
 
     /// Stops the ring (GET_VRING_BASE) and returns the index of the next available entry.
     pub fn stop(&mut self) -> u16 {
         self.started = false;
+        // A stopped ring abandons its pending MISS: a suspended device sends nothing.
+        self.parked = None;
         self.queue.set_ready(false);
         self.kick = None;
         self.queue.next_avail()
@@ -169,27 +307,58 @@ impl Vring {
         }
     }
 
-    /// Takes the next available chain. `None` when the ring is empty (or not ready). A chain
-    /// with descriptors outside guest memory, or an avail index the guest corrupted, breaks the
-    /// ring.
-    pub fn pop<M: GuestMemory>(&mut self, mem: &M) -> Option<ChainBuffers> {
+    /// Takes the next available chain. `None` when the ring is empty, not ready, or parked on
+    /// an IOTLB miss. Untranslated, a chain with descriptors outside guest memory or an avail
+    /// index the guest corrupted breaks the ring; translated, such a failure parks it first.
+    pub fn pop(&mut self, mem: &DeviceMemory) -> Option<ChainBuffers> {
         if !self.is_ready() {
+            return None;
+        }
+        let translated = mem.get_iommu_enabled();
+        if let Some(p) = &self.parked {
+            if !p.retry {
+                return None;
+            }
+        }
+        if translated && !self.layout_accessible(mem) {
+            self.translation_failed(mem);
             return None;
         }
         let popped = match self.queue.iter(mem) {
             Ok(mut iter) => iter.next().map(|chain| ChainBuffers::collect(chain, mem)),
             Err(e) => {
-                self.mark_broken(&e.to_string());
+                self.fail(mem, translated, &e.to_string(), false);
                 return None;
             }
         };
         match popped {
-            Some(Ok(chain)) => Some(chain),
+            Some(Ok(chain)) => {
+                self.parked = None;
+                Some(chain)
+            }
             Some(Err(e)) => {
-                self.mark_broken(&e.to_string());
+                self.fail(mem, translated, &e.to_string(), true);
                 None
             }
-            None => None,
+            None => {
+                if translated && self.parked.is_some() {
+                    // Retried and nothing was pending after all: the mapping question is moot.
+                    self.parked = None;
+                }
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, mem: &DeviceMemory, translated: bool, why: &str, popped: bool) {
+        if translated {
+            if popped {
+                // The chain was not consumed: offer it again once the mapping exists.
+                self.queue.go_to_previous_position();
+            }
+            self.translation_failed(mem);
+        } else {
+            self.mark_broken(why);
         }
     }
 
@@ -199,14 +368,16 @@ impl Vring {
     }
 
     /// Returns a chain to the driver with `len` bytes written.
-    pub fn add_used<M: GuestMemory>(&mut self, mem: &M, head: u16, len: u32) {
+    pub fn add_used(&mut self, mem: &DeviceMemory, head: u16, len: u32) {
         if let Err(e) = self.queue.add_used(mem, head, len) {
+            // Translated, the used ring was checked accessible before the chain was taken, so
+            // this is a real fault either way.
             self.mark_broken(&format!("cannot write the used ring: {e}"));
         }
     }
 
     /// Signals the call eventfd if the driver wants an interrupt (EVENT_IDX aware).
-    pub fn notify<M: GuestMemory>(&mut self, mem: &M) {
+    pub fn notify(&mut self, mem: &DeviceMemory) {
         match self.queue.needs_notification(mem) {
             Ok(true) => {
                 if let Some(call) = &self.call {
@@ -214,24 +385,35 @@ impl Vring {
                 }
             }
             Ok(false) => {}
-            Err(e) => self.mark_broken(&format!("cannot read the used event: {e}")),
+            Err(e) => self.fail(
+                mem,
+                mem.get_iommu_enabled(),
+                &format!("cannot read the used event: {e}"),
+                false,
+            ),
         }
     }
 
     /// Re-enables driver notifications; true if more chains arrived meanwhile (EVENT_IDX race).
-    pub fn enable_notification<M: GuestMemory>(&mut self, mem: &M) -> bool {
+    pub fn enable_notification(&mut self, mem: &DeviceMemory) -> bool {
+        if !self.is_ready() || self.parked.is_some_and(|p| !p.retry) {
+            return false;
+        }
         match self.queue.enable_notification(mem) {
             Ok(more) => more,
             Err(e) => {
-                self.mark_broken(&e.to_string());
+                self.fail(mem, mem.get_iommu_enabled(), &e.to_string(), false);
                 false
             }
         }
     }
 
-    pub fn disable_notification<M: GuestMemory>(&mut self, mem: &M) {
+    pub fn disable_notification(&mut self, mem: &DeviceMemory) {
+        if !self.is_ready() || self.parked.is_some_and(|p| !p.retry) {
+            return;
+        }
         if let Err(e) = self.queue.disable_notification(mem) {
-            self.mark_broken(&e.to_string());
+            self.fail(mem, mem.get_iommu_enabled(), &e.to_string(), false);
         }
     }
 }

@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vm_memory::{GuestMemoryMmap, Permissions};
+use vm_memory::Permissions;
+
+use crate::iotlb::DeviceMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::conn_table::ConnTable;
@@ -61,7 +63,7 @@ pub struct DeviceConfig {
 
 /// The rings and memory of the current frontend session, lent to the device for one operation.
 pub struct Rings<'a> {
-    pub mem: &'a GuestMemoryMmap,
+    pub mem: &'a DeviceMemory,
     pub vrings: &'a mut [Vring],
 }
 
@@ -488,7 +490,7 @@ impl VsockDevice {
     fn handle_tx_chain(
         &mut self,
         chain: &ChainBuffers,
-        mem: &GuestMemoryMmap,
+        mem: &DeviceMemory,
         ep: &Epoll,
     ) -> TxOutcome {
         self.stats.tx_packets += 1;
@@ -566,7 +568,7 @@ impl VsockDevice {
         hdr: &PacketHeader,
         op: Op,
         chain: &ChainBuffers,
-        mem: &GuestMemoryMmap,
+        mem: &DeviceMemory,
         ep: &Epoll,
     ) {
         let key = ConnKey {
@@ -697,7 +699,7 @@ impl VsockDevice {
         slot: u32,
         hdr: &PacketHeader,
         chain: &ChainBuffers,
-        mem: &GuestMemoryMmap,
+        mem: &DeviceMemory,
     ) {
         let len = hdr.len() as usize;
         let Some(conn) = self.conns.get_mut(slot) else {
@@ -853,7 +855,7 @@ impl VsockDevice {
         out
     }
 
-    fn write_control(&mut self, c: Control, chain: &ChainBuffers, mem: &GuestMemoryMmap) -> usize {
+    fn write_control(&mut self, c: Control, chain: &ChainBuffers, mem: &DeviceMemory) -> usize {
         let mut hdr = PacketHeader::new(c.ends, c.kind, c.op);
         hdr.set_flags(c.flags);
         let key = ConnKey {
@@ -875,7 +877,7 @@ impl VsockDevice {
         &mut self,
         packet: Vec<u8>,
         chain: &ChainBuffers,
-        mem: &GuestMemoryMmap,
+        mem: &DeviceMemory,
     ) -> Option<usize> {
         if packet.len() > chain.writable.len() {
             // A relayed packet is never split (its credit fields belong to the sender); wait
@@ -897,7 +899,7 @@ impl VsockDevice {
         &mut self,
         candidates: &[u32],
         chain: &ChainBuffers,
-        mem: &GuestMemoryMmap,
+        mem: &DeviceMemory,
     ) -> Option<usize> {
         for &slot in candidates {
             self.rr_cursor = slot;
@@ -913,7 +915,7 @@ impl VsockDevice {
         &mut self,
         slot: u32,
         chain: &ChainBuffers,
-        mem: &GuestMemoryMmap,
+        mem: &DeviceMemory,
     ) -> Option<usize> {
         let conn = self.conns.get_mut(slot)?;
         if !conn.has_rx_data() {
@@ -1107,7 +1109,7 @@ impl ReadSome for &UnixStream {
 fn write_stream(
     conn: &mut Connection,
     chain: &ChainBuffers,
-    mem: &GuestMemoryMmap,
+    mem: &DeviceMemory,
     len: usize,
     iov: &mut Vec<libc::iovec>,
 ) -> io::Result<()> {
@@ -1166,7 +1168,7 @@ unsafe fn writev_nosignal(fd: i32, iov: &[libc::iovec]) -> io::Result<usize> {
 fn read_stream(
     conn: &mut Connection,
     chain: &ChainBuffers,
-    mem: &GuestMemoryMmap,
+    mem: &DeviceMemory,
     room: usize,
     iov: &mut Vec<libc::iovec>,
 ) -> io::Result<usize> {

@@ -1,0 +1,71 @@
+//! The backend channel (SET_BACKEND_REQ_FD) as this device uses it: MISS requests out, their
+//! u64 replies in.
+//!
+//! Each MISS is `BACKEND_IOTLB_MSG` (id 1) with NEED_REPLY; the frontend answers 0 once it has
+//! sent an UPDATE covering the address (on the main channel), or non-zero / nothing useful when
+//! the address is invalid. Replies arrive in order, so a FIFO of the queues waiting maps each
+//! reply to its queue. The channel is read from the worker's event loop; nothing waits on it.
+
+use std::collections::VecDeque;
+use std::os::unix::net::UnixStream;
+
+use vm_memory::Permissions;
+
+use super::table::encode_miss;
+use crate::vhost_user::wire::{self, WireError, FLAG_NEED_REPLY, FLAG_VERSION_1};
+
+/// `VHOST_USER_BACKEND_IOTLB_MSG`.
+pub const BACKEND_IOTLB_MSG: u32 = 1;
+
+pub struct BackendChannel {
+    sock: UnixStream,
+    awaiting: VecDeque<usize>,
+}
+
+impl BackendChannel {
+    pub fn new(sock: UnixStream) -> BackendChannel {
+        let _ = sock.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        let _ = sock.set_write_timeout(Some(std::time::Duration::from_secs(2)));
+        BackendChannel {
+            sock,
+            awaiting: VecDeque::new(),
+        }
+    }
+
+    pub fn socket(&self) -> &UnixStream {
+        &self.sock
+    }
+
+    /// Asks the frontend to map `iova` with `perm` for queue `queue`.
+    pub fn send_miss(&mut self, queue: usize, iova: u64, perm: Permissions) -> std::io::Result<()> {
+        log::debug!("IOTLB MISS for queue {queue}: iova {iova:#x} perm {perm:?}");
+        wire::send_message(
+            &self.sock,
+            BACKEND_IOTLB_MSG,
+            FLAG_VERSION_1 | FLAG_NEED_REPLY,
+            &encode_miss(iova, perm),
+            &[],
+        )?;
+        self.awaiting.push_back(queue);
+        Ok(())
+    }
+
+    /// Reads one reply: the queue it answers and the frontend's status (0 = handled).
+    pub fn read_reply(&mut self) -> Result<Option<(usize, u64)>, WireError> {
+        let msg = wire::recv_reply(&self.sock)?;
+        if msg.request != BACKEND_IOTLB_MSG || msg.payload.len() != 8 {
+            log::warn!(
+                "unexpected message {} ({} bytes) on the backend channel",
+                msg.request,
+                msg.payload.len()
+            );
+            return Ok(None);
+        }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&msg.payload);
+        Ok(self
+            .awaiting
+            .pop_front()
+            .map(|q| (q, u64::from_ne_bytes(b))))
+    }
+}
