@@ -193,6 +193,8 @@ pub struct Connection {
     pub ok_line: Option<Vec<u8>>,
     /// A CREDIT_REQUEST was sent and not yet answered.
     pub credit_requested: bool,
+    /// The connection is in the device's rx ready queue.
+    pub rx_queued: bool,
 }
 
 impl Connection {
@@ -222,6 +224,7 @@ impl Connection {
             host_write_shut: false,
             ok_line: None,
             credit_requested: false,
+            rx_queued: false,
         }
     }
 

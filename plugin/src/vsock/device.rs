@@ -100,7 +100,8 @@ pub struct VsockDevice {
     clients: Vec<Option<PendingClient>>,
     hybrid: std::os::unix::net::UnixListener,
     next_local_port: u32,
-    rr_cursor: u32,
+    /// Connections that may have host data for the guest, in round-robin order.
+    rx_ready: VecDeque<u32>,
     seqpacket: bool,
     transport_reset_pending: bool,
     ever_started: bool,
@@ -131,7 +132,7 @@ impl VsockDevice {
             clients: Vec::new(),
             hybrid,
             next_local_port: LOCAL_PORT_FIRST,
-            rr_cursor: 0,
+            rx_ready: VecDeque::new(),
             seqpacket: false,
             transport_reset_pending: false,
             ever_started: false,
@@ -367,6 +368,7 @@ impl VsockDevice {
         if events.contains(EventSet::OUT) {
             self.flush_host(slot);
         }
+        self.mark_rx(slot);
     }
 
     fn flush_host(&mut self, slot: u32) {
@@ -595,6 +597,9 @@ impl VsockDevice {
             return;
         }
         conn.credit.update_from_peer(hdr.buf_alloc(), hdr.fwd_cnt());
+        if conn.credit.peer_free() > 0 {
+            conn.credit_requested = false;
+        }
         match op {
             Op::Request => {
                 log::warn!("duplicate REQUEST for {key:?}; reset");
@@ -602,7 +607,7 @@ impl VsockDevice {
             }
             Op::Response => self.guest_accepted(slot),
             Op::Rw => self.guest_data(slot, hdr, chain, mem),
-            Op::CreditUpdate => conn.credit_requested = false,
+            Op::CreditUpdate => {}
             Op::CreditRequest => {
                 let k = conn.kind;
                 self.queue_credit_update(slot, key, k);
@@ -613,6 +618,8 @@ impl VsockDevice {
                 self.conns.remove(slot);
             }
         }
+        // Any guest packet may have opened credit or established the connection.
+        self.mark_rx(slot);
     }
 
     fn guest_connect(&mut self, hdr: &PacketHeader, key: ConnKey, ep: &Epoll) {
@@ -779,8 +786,7 @@ impl VsockDevice {
         }
         let mut used_any = false;
         loop {
-            let candidates = self.rx_candidates();
-            if self.control.is_empty() && !self.sibling.has_packets() && candidates.is_empty() {
+            if self.control.is_empty() && !self.sibling.has_packets() && self.rx_ready.is_empty() {
                 break;
             }
             let Some(chain) = rings.vrings[RX_QUEUE].pop(mem) else {
@@ -789,10 +795,7 @@ impl VsockDevice {
                 break;
             };
             if chain.writable.len() < HEADER_SIZE {
-                log::warn!(
-                    "rx buffer of {} bytes cannot hold a header; returned unused",
-                    chain.writable.len()
-                );
+                log::warn!("rx buffer of {} bytes cannot hold a header; returned unused", chain.writable.len());
                 rings.vrings[RX_QUEUE].add_used(mem, chain.head, 0);
                 used_any = true;
                 continue;
@@ -802,7 +805,7 @@ impl VsockDevice {
             } else if let Some(packet) = self.sibling.pop() {
                 self.write_sibling(packet, &chain, mem)
             } else {
-                self.write_conn_data(&candidates, &chain, mem)
+                self.write_conn_data(&chain, mem)
             };
             match written {
                 Some(n) => {
@@ -811,10 +814,13 @@ impl VsockDevice {
                     used_any = true;
                 }
                 None => {
-                    // Nothing fitted or nothing was there after all (EAGAIN, EOF): give the
-                    // buffer back and wait for the next event.
+                    // Nothing was there after all (EAGAIN, EOF, no credit): give the buffer
+                    // back. Control packets that came out of it (SHUTDOWN, CREDIT_REQUEST) go
+                    // next; otherwise wait for the next event.
                     rings.vrings[RX_QUEUE].unpop();
-                    break;
+                    if self.control.is_empty() {
+                        break;
+                    }
                 }
             }
         }
@@ -828,31 +834,14 @@ impl VsockDevice {
         self.control.len()
     }
 
-    /// Connections with host data the guest has credit for; asks for credit where it has none.
-    fn rx_candidates(&mut self) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut need_credit = Vec::new();
-        for slot in self.conns.slots_from(self.rr_cursor) {
-            let Some(conn) = self.conns.get(slot) else {
-                continue;
-            };
-            if !conn.has_rx_data() {
-                continue;
-            }
-            if conn.credit.peer_free() > 0 {
-                out.push(slot);
-            } else if !conn.credit_requested {
-                need_credit.push(slot);
+    /// Puts `slot` in the rx ready queue if it has host data for the guest.
+    fn mark_rx(&mut self, slot: u32) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if !conn.rx_queued && conn.has_rx_data() {
+                conn.rx_queued = true;
+                self.rx_ready.push_back(slot);
             }
         }
-        for slot in need_credit {
-            if let Some(conn) = self.conns.get_mut(slot) {
-                conn.credit_requested = true;
-                let (key, k) = (conn.key, conn.kind);
-                self.queue_control(self.ends(key), k, Op::CreditRequest, 0);
-            }
-        }
-        out
     }
 
     fn write_control(&mut self, c: Control, chain: &ChainBuffers, mem: &DeviceMemory) -> usize {
@@ -873,39 +862,55 @@ impl VsockDevice {
         HEADER_SIZE
     }
 
-    fn write_sibling(
-        &mut self,
-        packet: Vec<u8>,
-        chain: &ChainBuffers,
-        mem: &DeviceMemory,
-    ) -> Option<usize> {
-        if packet.len() > chain.writable.len() {
-            // A relayed packet is never split (its credit fields belong to the sender); wait
-            // for a larger buffer. Linux posts rx buffers of the maximum packet size.
-            log::debug!(
-                "sibling packet of {} bytes waits for a larger rx buffer",
-                packet.len()
-            );
-            self.sibling.unpop(packet);
-            return None;
+    /// Relays a sibling packet. One larger than the buffer (Linux posts 4 KiB rx buffers, a
+    /// 6.12 guest sends 64 KiB packets) is split: the rest goes back to the front of the inbox
+    /// with its own header, and SEQPACKET EOM/EOR stay on the last piece.
+    fn write_sibling(&mut self, mut packet: Vec<u8>, chain: &ChainBuffers, mem: &DeviceMemory) -> Option<usize> {
+        let room = chain.writable.len();
+        if packet.len() > room {
+            let mut raw = [0u8; HEADER_SIZE];
+            raw.copy_from_slice(&packet[..HEADER_SIZE]);
+            let hdr = PacketHeader::from_bytes(&raw);
+            if hdr.op() != Some(Op::Rw) {
+                // Header-only packets always fit a buffer that holds a header.
+                return None;
+            }
+            let take = room - HEADER_SIZE;
+            let mut first = hdr;
+            first.set_len(take as u32).set_flags(hdr.flags() & !(seq::EOM | seq::EOR));
+            let mut rest_hdr = hdr;
+            rest_hdr.set_len((packet.len() - HEADER_SIZE - take) as u32);
+            let mut rest = rest_hdr.to_bytes().to_vec();
+            rest.extend_from_slice(&packet[HEADER_SIZE + take..]);
+            self.sibling.unpop(rest);
+            packet.truncate(HEADER_SIZE + take);
+            packet[..HEADER_SIZE].copy_from_slice(&first.to_bytes());
         }
         chain.writable.write_at(mem, 0, &packet).ok()?;
         Some(packet.len())
     }
 
     /// Puts host data of the next ready connection into `chain`. None: nothing was produced
-    /// (the chain is given back).
-    fn write_conn_data(
-        &mut self,
-        candidates: &[u32],
-        chain: &ChainBuffers,
-        mem: &DeviceMemory,
-    ) -> Option<usize> {
-        for &slot in candidates {
-            self.rr_cursor = slot;
-            match self.fill_from_conn(slot, chain, mem) {
-                Some(n) => return Some(n),
-                None => continue,
+    /// (the chain is given back). Connections without credit leave the queue after asking for
+    /// credit once; the guest's next packet for them puts them back.
+    fn write_conn_data(&mut self, chain: &ChainBuffers, mem: &DeviceMemory) -> Option<usize> {
+        while let Some(slot) = self.rx_ready.pop_front() {
+            let Some(conn) = self.conns.get_mut(slot) else { continue };
+            conn.rx_queued = false;
+            if !conn.has_rx_data() {
+                continue;
+            }
+            if conn.credit.peer_free() == 0 {
+                if !conn.credit_requested {
+                    conn.credit_requested = true;
+                    let (key, k) = (conn.key, conn.kind);
+                    self.queue_control(self.ends(key), k, Op::CreditRequest, 0);
+                }
+                continue;
+            }
+            if let Some(n) = self.fill_from_conn(slot, chain, mem) {
+                self.mark_rx(slot);
+                return Some(n);
             }
         }
         None
