@@ -790,8 +790,11 @@ impl VsockDevice {
                 break;
             }
             let Some(chain) = rings.vrings[RX_QUEUE].pop(mem) else {
-                // Out of buffers: the guest kicks rx when it adds some.
-                rings.vrings[RX_QUEUE].enable_notification(mem);
+                // Out of buffers: ask for a kick when the guest adds some. With EVENT_IDX the
+                // guest may have added buffers before it saw the request: then go on now.
+                if rings.vrings[RX_QUEUE].enable_notification(mem) {
+                    continue;
+                }
                 break;
             };
             if chain.writable.len() < HEADER_SIZE {
