@@ -1,2 +1,92 @@
-//! Protobuf payloads of the control plane (generated in pure-Rust mode, no protoc). The schemas
-//! arrive with the control-plane issue.
+//! Protobuf payloads of vsock-plugin's control plane (rust-protobuf 3, pure-Rust codegen).
+//!
+//! Modules are named after the `.proto` file stems, as Soong's `rust_protobuf` names them:
+//! [`config`] (`VmConfig`, `PluginConfig`) and [`control`] (capabilities, status, connections,
+//! metrics, policy, routes, events). The compatibility rules (zero = old default, `UNSPECIFIED = 0`,
+//! `required_features`, append-only field numbers) are stated in the `.proto` files and enforced by
+//! [`check_required_features`] and the tests.
+
+include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
+
+use protobuf::Message;
+
+/// Major version of the control protocol: bumped only for an incompatible redesign.
+pub const PROTOCOL_MAJOR: u32 = 1;
+/// Minor version: bumped with each appended feature bit or field.
+pub const PROTOCOL_MINOR: u32 = 0;
+
+/// Largest payload any decoder here accepts (bounds allocation on hostile input).
+pub const MAX_PAYLOAD_LEN: usize = 1 << 20;
+
+/// Feature bits of [`control::Feature`] as masks.
+pub mod features {
+    use crate::control::Feature;
+    pub const POLICY_LIMITS: u64 = Feature::FEATURE_POLICY_LIMITS as u64;
+    pub const CONNECTION_FILTER: u64 = Feature::FEATURE_CONNECTION_FILTER as u64;
+    pub const EVENTS: u64 = Feature::FEATURE_EVENTS as u64;
+    /// Every bit this version of the schema defines.
+    pub const ALL: u64 = POLICY_LIMITS | CONNECTION_FILTER | EVENTS;
+}
+
+/// Why a payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadError {
+    /// Longer than [`MAX_PAYLOAD_LEN`].
+    TooLong(usize),
+    /// Not a valid encoding of the expected message.
+    Malformed(String),
+    /// `required_features` has bits the consumer does not implement (the unknown bits).
+    UnsupportedFeatures(u64),
+    /// Well-formed but inconsistent or out of range.
+    Invalid(String),
+}
+
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PayloadError::TooLong(n) => {
+                write!(
+                    f,
+                    "payload of {n} bytes exceeds the limit of {MAX_PAYLOAD_LEN}"
+                )
+            }
+            PayloadError::Malformed(e) => write!(f, "malformed payload: {e}"),
+            PayloadError::UnsupportedFeatures(bits) => {
+                write!(f, "unsupported required features {bits:#x}")
+            }
+            PayloadError::Invalid(e) => write!(f, "invalid payload: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
+/// Decode `bytes` as `M`, refusing oversized or malformed input. Unknown fields are kept in the
+/// message's unknown-field set and never acted on.
+pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, PayloadError> {
+    if bytes.len() > MAX_PAYLOAD_LEN {
+        return Err(PayloadError::TooLong(bytes.len()));
+    }
+    M::parse_from_bytes(bytes).map_err(|e| PayloadError::Malformed(e.to_string()))
+}
+
+/// Encode `m` (deterministic for a given message: fields in number order).
+pub fn encode<M: Message>(m: &M) -> Vec<u8> {
+    // Writing to a Vec only fails for messages over 2 GiB, which nothing here builds.
+    m.write_to_bytes().unwrap_or_default()
+}
+
+/// The `flags & ~mask -> EINVAL` rule: `Err` with the unknown bits when `required` has any bit
+/// outside `supported`.
+pub fn check_required_features(required: u64, supported: u64) -> Result<(), PayloadError> {
+    match required & !supported {
+        0 => Ok(()),
+        unknown => Err(PayloadError::UnsupportedFeatures(unknown)),
+    }
+}
+
+/// Test-only schemas of simulated older/newer peers (see `protos/testing/skew.proto`).
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::skew::*;
+}

@@ -798,7 +798,10 @@ impl VsockDevice {
                 break;
             };
             if chain.writable.len() < HEADER_SIZE {
-                log::warn!("rx buffer of {} bytes cannot hold a header; returned unused", chain.writable.len());
+                log::warn!(
+                    "rx buffer of {} bytes cannot hold a header; returned unused",
+                    chain.writable.len()
+                );
                 rings.vrings[RX_QUEUE].add_used(mem, chain.head, 0);
                 used_any = true;
                 continue;
@@ -868,7 +871,12 @@ impl VsockDevice {
     /// Relays a sibling packet. One larger than the buffer (Linux posts 4 KiB rx buffers, a
     /// 6.12 guest sends 64 KiB packets) is split: the rest goes back to the front of the inbox
     /// with its own header, and SEQPACKET EOM/EOR stay on the last piece.
-    fn write_sibling(&mut self, mut packet: Vec<u8>, chain: &ChainBuffers, mem: &DeviceMemory) -> Option<usize> {
+    fn write_sibling(
+        &mut self,
+        mut packet: Vec<u8>,
+        chain: &ChainBuffers,
+        mem: &DeviceMemory,
+    ) -> Option<usize> {
         let room = chain.writable.len();
         if packet.len() > room {
             let mut raw = [0u8; HEADER_SIZE];
@@ -880,7 +888,9 @@ impl VsockDevice {
             }
             let take = room - HEADER_SIZE;
             let mut first = hdr;
-            first.set_len(take as u32).set_flags(hdr.flags() & !(seq::EOM | seq::EOR));
+            first
+                .set_len(take as u32)
+                .set_flags(hdr.flags() & !(seq::EOM | seq::EOR));
             let mut rest_hdr = hdr;
             rest_hdr.set_len((packet.len() - HEADER_SIZE - take) as u32);
             let mut rest = rest_hdr.to_bytes().to_vec();
@@ -898,7 +908,9 @@ impl VsockDevice {
     /// credit once; the guest's next packet for them puts them back.
     fn write_conn_data(&mut self, chain: &ChainBuffers, mem: &DeviceMemory) -> Option<usize> {
         while let Some(slot) = self.rx_ready.pop_front() {
-            let Some(conn) = self.conns.get_mut(slot) else { continue };
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
             conn.rx_queued = false;
             if !conn.has_rx_data() {
                 continue;
