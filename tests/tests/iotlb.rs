@@ -363,7 +363,7 @@ fn t8_t16_translated_session_misses_first_then_moves_data() {
     assert!(
         misses
             .iter()
-            .any(|&(iova, perm)| (iova == desc_iova && perm == PERM_RO)),
+            .any(|&(iova, perm)| iova == desc_iova && perm == PERM_RO),
         "a MISS for the tx descriptor table (RO): {misses:x?}"
     );
     // After the whole RAM was mapped, no more misses were needed.

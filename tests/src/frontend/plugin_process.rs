@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(90);
 
 /// Locates the plugin binary: `VSOCK_PLUGIN_BIN` if set, else `target/<profile>/vsock-plugin` next
-/// to this test executable's `deps/` directory.
+/// to this test executable's `deps/` directory, rebuilt once per test process when running under
+/// cargo (`cargo test -p vsock-plugin-tests` does not build the plugin's binary by itself, and a
+/// stale binary would test old code).
 pub fn plugin_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("VSOCK_PLUGIN_BIN") {
         return PathBuf::from(p);
@@ -25,49 +27,47 @@ pub fn plugin_binary() -> PathBuf {
         dir.pop();
     }
     let bin = dir.join("vsock-plugin");
+    build_once(&dir);
     assert!(
         bin.exists(),
         "plugin binary {} not found: run `cargo build -p vsock-plugin` (or `cargo test --workspace`), \
          or set VSOCK_PLUGIN_BIN",
         bin.display()
     );
-    warn_if_stale(&bin);
     bin
 }
 
-/// `cargo test -p vsock-plugin-tests` does not rebuild the plugin binary: warn (once) when a
-/// plugin source file is newer than it.
-fn warn_if_stale(bin: &Path) {
+/// `cargo build -p vsock-plugin --bin vsock-plugin` for the profile of `profile_dir`, once.
+fn build_once(profile_dir: &Path) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        let Some(cargo) = std::env::var_os("CARGO") else {
             return;
         };
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin/src");
-        let mut stack = vec![src];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t > built)
-                {
-                    eprintln!(
-                        "warning: {} is newer than {}: run `cargo build -p vsock-plugin` \
-                         (or `cargo test --workspace`) to test the current plugin",
-                        p.display(),
-                        bin.display()
-                    );
-                    return;
-                }
-            }
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "vsock-plugin",
+            "--bin",
+            "vsock-plugin",
+        ]);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
         }
+        if let Some(target) = profile_dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        let out = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "building the plugin failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     });
 }
 

@@ -1,0 +1,12 @@
+//! Real-guest tests: boots stock Debian kernels under QEMU (TCG) against a vhost-user vsock backend
+//! and runs the guest side of each case in `vsock-guest-agent`. Entry point: `tests/real-guest/run`
+//! (setup, builds, then the `real-guest` binary, i.e. [`runner::main`]).
+pub mod backend;
+pub mod cases;
+pub mod host;
+pub mod initramfs;
+pub mod kernels;
+pub mod proto;
+pub mod qemu;
+pub mod runner;
+pub mod util;
