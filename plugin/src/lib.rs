@@ -14,6 +14,7 @@
 //! [`Plugin::start`] runs one [`worker::VmWorker`] thread per configured VM.
 
 pub mod config;
+pub mod control;
 pub mod host;
 pub mod iotlb;
 pub mod vhost_user;
@@ -45,16 +46,30 @@ pub enum StartError {
     },
 }
 
+/// Process-wide options (not per VM).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessOptions {
+    /// Serve the control plane (`binder://NAME` or `unix:///path#NAME`).
+    pub control: Option<String>,
+    /// Uids allowed to call the control plane (the plugin's own uid always is).
+    pub control_allow_uids: Vec<u32>,
+}
+
 /// The running plugin: one worker thread per VM.
 pub struct Plugin {
     workers: Vec<(Arc<EventFd>, JoinHandle<()>)>,
     stop: Arc<AtomicBool>,
+    _control: Option<(control::Control, vsock_plugin_ipc::platform::ServerHandle)>,
 }
 
 impl Plugin {
     /// Binds every socket first (so a failure starts nothing), then starts the workers. The
     /// hybrid listener and the vhost-user socket exist when this returns.
     pub fn start(configs: Vec<VmConfig>) -> Result<Plugin, StartError> {
+        Self::start_with(configs, &ProcessOptions::default())
+    }
+
+    pub fn start_with(configs: Vec<VmConfig>, opts: &ProcessOptions) -> Result<Plugin, StartError> {
         let router = Arc::new(SiblingRouter::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut prepared = Vec::new();
@@ -101,10 +116,14 @@ impl Plugin {
                 stop.clone(),
             )
             .map_err(io("epoll"))?;
-            prepared.push((wake, worker));
+            prepared.push((cid, wake, worker));
         }
+        let control = match &opts.control {
+            Some(uri) => Some(Self::attach_control(uri, opts, &mut prepared)?),
+            None => None,
+        };
         let mut workers = Vec::new();
-        for (wake, worker) in prepared {
+        for (_, wake, worker) in prepared {
             let handle = std::thread::Builder::new()
                 .name("vsock-vm".into())
                 .spawn(move || worker.run());
@@ -119,7 +138,49 @@ impl Plugin {
                 }
             }
         }
-        Ok(Plugin { workers, stop })
+        Ok(Plugin {
+            workers,
+            stop,
+            _control: control,
+        })
+    }
+
+    /// Serves the control plane at `uri` and hands every worker its mailbox and hooks.
+    fn attach_control(
+        uri: &str,
+        opts: &ProcessOptions,
+        prepared: &mut [(u64, Arc<EventFd>, VmWorker)],
+    ) -> Result<(control::Control, vsock_plugin_ipc::platform::ServerHandle), StartError> {
+        let fail = |what: String| StartError::Io {
+            cid: 0,
+            what,
+            source: std::io::Error::other("control plane"),
+        };
+        let parsed = vsock_plugin_ipc::platform::ControlUri::parse(uri)
+            .map_err(|e| fail(format!("--control {uri}: {e}")))?;
+        let vms: Vec<_> = prepared
+            .iter()
+            .map(|(cid, wake, _)| control::VmControl::new(*cid, wake.clone()))
+            .collect();
+        // SAFETY: getuid has no preconditions.
+        let own_uid = unsafe { libc::getuid() };
+        let allow = vsock_plugin_ipc::AllowList::new(
+            opts.control_allow_uids.iter().copied().chain([own_uid]),
+        );
+        let plane = vsock_plugin_ipc::ControlPlane::new(
+            Arc::new(control::PluginControl::new(vms.clone())),
+            allow,
+        );
+        let ctl = control::Control::new(plane, &vms);
+        let server = ctl
+            .plane
+            .serve(&parsed, &Default::default())
+            .map_err(fail)?;
+        for ((_, _, worker), vm) in prepared.iter_mut().zip(&vms) {
+            worker.attach_control(vm.clone(), ctl.hooks(vm));
+        }
+        log::info!("control plane at {uri}");
+        Ok((ctl, server))
     }
 
     /// Waits until every worker has ended.
@@ -135,7 +196,9 @@ impl Plugin {
         for (wake, _) in &self.workers {
             let _ = wake.write(1);
         }
-        self.wait();
+        for (_, h) in self.workers {
+            let _ = h.join();
+        }
     }
 }
 

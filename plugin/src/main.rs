@@ -1,14 +1,37 @@
 //! `vsock-plugin`: parse the command line, start one worker per VM, run until killed.
+//! `vsock-plugin ctl …` talks to a running plugin's control plane instead.
 
 use std::process::ExitCode;
 
 use vsock_plugin::config::cli::{parse_args, Command, USAGE};
 use vsock_plugin::Plugin;
 
-fn main() -> ExitCode {
+fn init_logging() {
+    #[cfg(target_os = "android")]
+    android_logger::init_once(
+        android_logger::Config::default()
+            .with_tag("vsock_plugin")
+            .with_max_level(log::LevelFilter::Info),
+    );
+    #[cfg(not(target_os = "android"))]
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let configs = match parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(configs)) => configs,
+}
+
+fn main() -> ExitCode {
+    let (configs, process) = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(configs, process)) => (configs, process),
+        Ok(Command::Ctl(args)) => {
+            return match vsock_plugin_ipc::ctl::run(&args) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vsock-plugin ctl: {e}");
+                    ExitCode::from(e.exit_code().clamp(1, 255) as u8)
+                }
+            };
+        }
         Ok(Command::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -22,6 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging();
     for c in &configs {
         log::info!(
             "guest CID {}: vhost-user {}, hybrid vsock {}",
@@ -33,7 +57,7 @@ fn main() -> ExitCode {
             c.uds_path.display()
         );
     }
-    match Plugin::start(configs) {
+    match Plugin::start_with(configs, &process) {
         Ok(plugin) => {
             plugin.wait();
             ExitCode::SUCCESS

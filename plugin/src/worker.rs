@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::control::{Request, VmControl, VmReport};
 use crate::vhost_user::features::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET};
 use crate::vhost_user::listener::FrontendListener;
 use crate::vhost_user::session::{FrontendSession, SessionConfig};
 use crate::vsock::device::{Rings, VsockDevice};
+use vsock_plugin_ipc::proto::control::DeviceState;
 
 /// Epoll tokens: small constants for the fixed fds; host sockets carry their slot in the low
 /// 32 bits with the kind above.
@@ -99,6 +101,9 @@ pub struct VmWorker {
     wake: Arc<EventFd>,
     stop: Arc<AtomicBool>,
     kicks: [Option<RawFd>; NUM_QUEUES],
+    /// The control plane's mailbox for this VM, when one is attached.
+    control: Option<Arc<VmControl>>,
+    last_state: DeviceState,
 }
 
 impl VmWorker {
@@ -133,11 +138,74 @@ impl VmWorker {
             wake,
             stop,
             kicks: [None; NUM_QUEUES],
+            control: None,
+            last_state: DeviceState::DEVICE_STATE_UNSPECIFIED,
         };
         if !w.listener.can_accept() {
             w.accept_frontend();
         }
         Ok(w)
+    }
+
+    /// Attaches the control plane: its mailbox (requests arrive with a wake-up) and the device's
+    /// routing and event hooks.
+    pub fn attach_control(
+        &mut self,
+        control: Arc<VmControl>,
+        hooks: (
+            Box<dyn crate::host::route::RouteRequests>,
+            Box<dyn crate::host::route::ConnectionEvents>,
+        ),
+    ) {
+        self.device.attach_control(hooks.0, hooks.1);
+        self.control = Some(control);
+    }
+
+    /// Emits a device-state event when the state changed.
+    fn report_state(&mut self) {
+        let state = self.device_state();
+        let Some(control) = &self.control else { return };
+        if state != self.last_state {
+            self.last_state = state;
+            control.state_changed(state);
+        }
+    }
+
+    fn device_state(&self) -> DeviceState {
+        match &self.session {
+            None => DeviceState::DEVICE_STATE_WAITING_FRONTEND,
+            Some(_) if self.running() => DeviceState::DEVICE_STATE_RUNNING,
+            Some(_) => DeviceState::DEVICE_STATE_NEGOTIATING,
+        }
+    }
+
+    /// Answers the control plane's requests (between two event-loop rounds).
+    fn serve_control(&mut self) {
+        let Some(control) = self.control.clone() else {
+            return;
+        };
+        for req in control.take() {
+            match req {
+                Request::Report(reply) => {
+                    let report = VmReport {
+                        state: self.device_state(),
+                        features: self.session.as_ref().map_or(0, |s| s.acked_features()),
+                        protocol_features: self
+                            .session
+                            .as_ref()
+                            .map_or(0, |s| s.acked_protocol_features()),
+                        translated: self.session.as_ref().is_some_and(|s| s.translated()),
+                        connections: self.device.snapshot(),
+                        stats: self.device.stats,
+                    };
+                    let _ = reply.try_send(report);
+                }
+                Request::Reset { key, reply } => {
+                    let _ = reply.try_send(self.device.reset_connection(key));
+                }
+                Request::Routed { key, route } => self.device.apply_route(key, route, &self.epoll),
+            }
+        }
     }
 
     /// Runs until stopped, or until an inherited connected frontend goes away.
@@ -168,6 +236,7 @@ impl VmWorker {
                 }
             }
             self.pump();
+            self.report_state();
             check_timers |= n > 0;
             if check_timers && Instant::now() >= next_tick {
                 check_timers = self.device.on_tick(&self.epoll);
@@ -191,6 +260,7 @@ impl VmWorker {
         match t {
             Token::Wake => {
                 let _ = self.wake.read();
+                self.serve_control();
             }
             Token::FrontendListener => self.accept_frontend(),
             Token::BackendChannel => {

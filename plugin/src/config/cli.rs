@@ -12,7 +12,9 @@ use super::{ConfigError, VmConfig, FIRST_GUEST_CID};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Serve these VMs (at least one, each validated, no shared CIDs, sockets or paths).
-    Run(Vec<VmConfig>),
+    Run(Vec<VmConfig>, crate::ProcessOptions),
+    /// `vsock-plugin ctl …`: talk to a running plugin's control plane (arguments after `ctl`).
+    Ctl(Vec<String>),
     /// `-h` / `--help`: print [`USAGE`].
     Help,
     /// `-V` / `--version`.
@@ -63,6 +65,11 @@ Options (each also as `--option=VALUE`; as `--vm` keys, without the dashes):
     --iotlb-max-entries N           IOTLB entries kept; the oldest is evicted [default: 2048]
     --vm KEY=VALUE,...              one VM; cannot be mixed with the single-VM options above.
                                     Quote a value holding ',' as KEY=\"VALUE\"
+    --control URI                   serve the control plane (binder://NAME, or binder RPC at
+                                    unix:///path#NAME); see `vsock-plugin ctl --help`
+    --control-allow-uid UID[+UID]   uids allowed to call the control plane (own uid always)
+    ctl COMMAND ...                 talk to a running plugin: caps, status, connections, metrics,
+                                    routes, policy ... (as the first argument)
     -h, --help                      print this help
     -V, --version                   print the version
 
@@ -86,6 +93,8 @@ pub enum CliError {
     MixedForms(String),
     #[error("no VM configured: give --socket/--uds-path or --vm")]
     NoVm,
+    #[error("{0}")]
+    BadProcessOption(String),
     /// A `--vm` value (numbered from 1) that does not parse.
     #[error("--vm #{index}: {source}")]
     VmSpec { index: usize, source: KeyValueError },
@@ -172,6 +181,10 @@ const SINGLE_VM_KEYS: &[&str] = &[
 /// Parses the arguments (without argv\[0\]) into a [`Command`]; every VM is validated.
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliError> {
     let mut args = args.into_iter().peekable();
+    if args.peek().is_some_and(|a| a == "ctl") {
+        return Ok(Command::Ctl(args.skip(1).collect()));
+    }
+    let mut process = crate::ProcessOptions::default();
     let mut vm_specs: Vec<String> = Vec::new();
     let mut flags: Vec<(&'static str, String)> = Vec::new();
 
@@ -195,6 +208,22 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         let option = format!("--{name}");
         if name == "help" || name == "version" {
             return Err(CliError::UnexpectedValue(option));
+        }
+        if name == "control" || name == "control-allow-uid" {
+            let Some(value) = inline.or_else(|| args.next()) else {
+                return Err(CliError::MissingValue(option));
+            };
+            if name == "control" {
+                process.control = Some(value);
+            } else {
+                for uid in value.split('+') {
+                    let uid = uid.parse::<u32>().map_err(|_| {
+                        CliError::BadProcessOption(format!("{option}: bad uid {uid:?}"))
+                    })?;
+                    process.control_allow_uids.push(uid);
+                }
+            }
+            continue;
         }
         if name == "vm" {
             let value = match inline.or_else(|| args.next()) {
@@ -269,7 +298,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         })?;
     }
     check_distinct(&vms)?;
-    Ok(Command::Run(vms))
+    Ok(Command::Run(vms, process))
 }
 
 /// Quotes a value for [`from_key_values`], so that `,`, `"` and `\` survive.
@@ -377,7 +406,7 @@ mod tests {
 
     fn run(s: &[&str]) -> Vec<VmConfig> {
         match parse_args(args(s)) {
-            Ok(Command::Run(vms)) => vms,
+            Ok(Command::Run(vms, _)) => vms,
             other => panic!("{s:?} gave {other:?}"),
         }
     }

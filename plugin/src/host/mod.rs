@@ -5,5 +5,6 @@
 //!   `<uds-path>` for host → guest.
 //! - [`sibling`]: guest ↔ guest within one process, by group.
 pub mod connect_line;
+pub mod route;
 pub mod sibling;
 pub mod unix;

@@ -227,6 +227,11 @@ impl FrontendSession {
         )
     }
 
+    /// Negotiated protocol features.
+    pub fn acked_protocol_features(&self) -> u64 {
+        self.acked_protocol
+    }
+
     /// Negotiated virtio features (0 before SET_FEATURES).
     pub fn acked_features(&self) -> u64 {
         self.acked_features.unwrap_or(0)

@@ -70,6 +70,10 @@ impl ConnTable {
             .collect()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Connection> {
+        self.slots.iter().flatten()
+    }
+
     pub fn drain(&mut self) -> Vec<Connection> {
         self.by_key.clear();
         self.free.clear();

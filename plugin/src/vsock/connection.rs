@@ -195,6 +195,15 @@ pub struct Connection {
     pub credit_requested: bool,
     /// The connection is in the device's rx ready queue.
     pub rx_queued: bool,
+    /// Guest-initiated, waiting for the control plane to say where it goes.
+    pub route_pending: bool,
+    /// Opened by a host client (CONNECT line) rather than by the guest.
+    pub host_initiated: bool,
+    /// The host end came from a registered host service.
+    pub via_service: bool,
+    /// Payload bytes moved, for status reports (the credit counters wrap at 4 GiB).
+    pub bytes_from_guest: u64,
+    pub bytes_to_guest: u64,
 }
 
 impl Connection {
@@ -225,6 +234,11 @@ impl Connection {
             ok_line: None,
             credit_requested: false,
             rx_queued: false,
+            route_pending: false,
+            host_initiated: false,
+            via_service: false,
+            bytes_from_guest: 0,
+            bytes_to_guest: 0,
         }
     }
 

@@ -31,6 +31,7 @@ use super::connection::{ConnKey, Connection, State};
 use super::packet::{kind, seq, shutdown, Endpoints, Op, PacketHeader, HEADER_SIZE, HOST_CID};
 use crate::config::OkReply;
 use crate::host::connect_line::{ConnectLine, LineState};
+use crate::host::route::{ConnectionEvents, HostRoute, RouteRequests};
 use crate::host::sibling::{Delivery, SiblingPort, SiblingRouter};
 use crate::host::unix::{self, Connect};
 use crate::vhost_user::features::{EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
@@ -110,6 +111,24 @@ pub struct VsockDevice {
     sibling: Arc<SiblingPort>,
     pub stats: Stats,
     iov: IovecScratch,
+    /// Set when a control plane decides where guest connections go.
+    host_router: Option<Box<dyn RouteRequests>>,
+    events: Option<Box<dyn ConnectionEvents>>,
+}
+
+/// One connection as status reports show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnSnapshot {
+    pub key: ConnKey,
+    pub state: State,
+    pub host_initiated: bool,
+    pub via_service: bool,
+    pub bytes_from_guest: u64,
+    pub bytes_to_guest: u64,
+    pub buf_alloc: u32,
+    pub fwd_cnt: u32,
+    pub peer_buf_alloc: u32,
+    pub peer_fwd_cnt: u32,
 }
 
 enum TxOutcome {
@@ -141,7 +160,111 @@ impl VsockDevice {
             sibling,
             stats: Stats::default(),
             iov: IovecScratch::default(),
+            host_router: None,
+            events: None,
         }
+    }
+
+    /// Attaches a control plane: routing of guest connections and connection events.
+    pub fn attach_control(
+        &mut self,
+        router: Box<dyn RouteRequests>,
+        events: Box<dyn ConnectionEvents>,
+    ) {
+        self.host_router = Some(router);
+        self.events = Some(events);
+    }
+
+    pub fn snapshot(&self) -> Vec<ConnSnapshot> {
+        self.conns
+            .iter()
+            .map(|c| ConnSnapshot {
+                key: c.key,
+                state: c.state,
+                host_initiated: c.host_initiated,
+                via_service: c.via_service,
+                bytes_from_guest: c.bytes_from_guest,
+                bytes_to_guest: c.bytes_to_guest,
+                buf_alloc: c.credit.buf_alloc,
+                fwd_cnt: c.credit.fwd_cnt,
+                peer_buf_alloc: c.credit.peer_buf_alloc,
+                peer_fwd_cnt: c.credit.peer_fwd_cnt,
+            })
+            .collect()
+    }
+
+    /// Resets one connection on request (control plane); false if there is none.
+    pub fn reset_connection(&mut self, key: ConnKey) -> bool {
+        match self.conns.slot_of(&key) {
+            Some(slot) => {
+                self.reset_conn_because(slot, "reset by the control plane");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The control plane answered where a guest connection goes.
+    pub fn apply_route(&mut self, key: ConnKey, route: HostRoute, ep: &Epoll) {
+        let Some(slot) = self.conns.slot_of(&key) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if !conn.route_pending {
+            return;
+        }
+        conn.route_pending = false;
+        match route {
+            HostRoute::Unix => self.retry_host_connect(slot, ep),
+            HostRoute::Deny(reason) => {
+                log::info!("guest connect to port {} denied: {reason}", key.host_port);
+                self.reset_conn_because(slot, &reason);
+            }
+            HostRoute::Stream(sock) => {
+                let want = if conn.is_seqpacket() {
+                    libc::SOCK_SEQPACKET
+                } else {
+                    libc::SOCK_STREAM
+                };
+                let ok = unix::socket_type(&sock).is_ok_and(|t| t == want)
+                    && sock.set_nonblocking(true).is_ok();
+                if !ok || !self.watch_host(ep, &sock, slot, ControlOperation::Add) {
+                    self.reset_conn_because(slot, "the host service's socket has the wrong type");
+                    return;
+                }
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.via_service = true;
+                    conn.host = Some(sock);
+                }
+                self.established(slot);
+            }
+        }
+    }
+
+    /// A guest-initiated connection reached its host end: RESPONSE to the guest.
+    fn established(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.state = State::Established;
+        let (key, k, hi, vs) = (conn.key, conn.kind, conn.host_initiated, conn.via_service);
+        if !hi {
+            self.queue_control(self.ends(key), k, Op::Response, 0);
+        }
+        if let Some(ev) = &self.events {
+            ev.opened(key, hi, vs);
+        }
+    }
+
+    /// The one place connections leave the table (events see every close).
+    fn remove_conn(&mut self, slot: u32, reason: &str) -> Option<Connection> {
+        let conn = self.conns.remove(slot)?;
+        if let Some(ev) = &self.events {
+            ev.closed(conn.key, reason);
+        }
+        Some(conn)
     }
 
     pub fn hybrid_listener(&self) -> &std::os::unix::net::UnixListener {
@@ -163,6 +286,11 @@ impl VsockDevice {
         let dropped = self.conns.drain();
         if !dropped.is_empty() {
             log::info!("device reset: closing {} connection(s)", dropped.len());
+        }
+        if let Some(ev) = &self.events {
+            for c in &dropped {
+                ev.closed(c.key, "device reset");
+            }
         }
         self.control.clear();
         self.tx_paused = false;
@@ -290,10 +418,11 @@ impl VsockDevice {
             OkReply::HostPort => host_port,
         };
         conn.ok_line = Some(format!("OK {ok_port}\n").into_bytes());
+        conn.host_initiated = true;
         conn.rx_pending.extend(rest);
         let slot = self.conns.insert(conn);
         if !self.watch_host(ep, &sock, slot, ControlOperation::Modify) {
-            self.conns.remove(slot);
+            self.remove_conn(slot, "cannot watch the host socket");
             return;
         }
         if let Some(c) = self.conns.get_mut(slot) {
@@ -433,7 +562,9 @@ impl VsockDevice {
                 }
                 State::PeerInit { .. } => {
                     timed = true;
-                    self.retry_host_connect(slot, ep);
+                    if !conn.route_pending {
+                        self.retry_host_connect(slot, ep);
+                    }
                 }
                 State::LocalInit { .. } | State::Closing { .. } => timed = true,
                 State::Established => {}
@@ -615,7 +746,7 @@ impl VsockDevice {
             Op::Shutdown => self.guest_shutdown(slot, hdr.flags()),
             Op::Rst => {
                 log::debug!("guest reset {key:?}");
-                self.conns.remove(slot);
+                self.remove_conn(slot, "reset by the guest");
             }
         }
         // Any guest packet may have opened credit or established the connection.
@@ -642,9 +773,13 @@ impl VsockDevice {
             self.cfg.buf_alloc,
         );
         conn.credit.update_from_peer(hdr.buf_alloc(), hdr.fwd_cnt());
+        conn.route_pending = self.host_router.is_some();
         let slot = self.conns.insert(conn);
         self.stats.connections_opened += 1;
-        self.retry_host_connect(slot, ep);
+        match &self.host_router {
+            Some(router) => router.request(key),
+            None => self.retry_host_connect(slot, ep),
+        }
     }
 
     /// Connects a guest-initiated connection to `<uds-path>_<port>`.
@@ -668,9 +803,7 @@ impl VsockDevice {
                     return;
                 };
                 conn.host = Some(sock);
-                conn.state = State::Established;
-                let (key, k) = (conn.key, conn.kind);
-                self.queue_control(self.ends(key), k, Op::Response, 0);
+                self.established(slot);
             }
             Ok(Connect::Busy) => {}
             Err(e) => {
@@ -689,7 +822,6 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
-        conn.state = State::Established;
         let line = conn.ok_line.take().unwrap_or_default();
         let written = conn
             .host
@@ -698,7 +830,9 @@ impl VsockDevice {
         if !matches!(written, Some(Ok(n)) if n == line.len()) {
             log::info!("host client of {:?} went away before OK", conn.key);
             self.reset_conn(slot);
+            return;
         }
+        self.established(slot);
     }
 
     fn guest_data(
@@ -725,6 +859,7 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
+        conn.bytes_from_guest += len as u64;
         if !conn.credit.accept_from_peer(len as u32) {
             log::warn!("guest overran the credit of {:?}; reset", conn.key);
             self.reset_conn(slot);
@@ -992,6 +1127,7 @@ impl VsockDevice {
             .set_fwd_cnt(conn.credit.fwd_cnt);
         conn.credit.fwd_cnt_sent = conn.credit.fwd_cnt;
         conn.credit.rx_cnt = conn.credit.rx_cnt.wrapping_add(n as u32);
+        conn.bytes_to_guest += n as u64;
         chain.writable.write_at(mem, 0, &hdr.to_bytes()).ok()?;
         Some(HEADER_SIZE + n)
     }
@@ -1087,7 +1223,11 @@ impl VsockDevice {
 
     /// Ends a connection: RST to the guest, host socket closed.
     fn reset_conn(&mut self, slot: u32) {
-        if let Some(conn) = self.conns.remove(slot) {
+        self.reset_conn_because(slot, "reset");
+    }
+
+    fn reset_conn_because(&mut self, slot: u32, reason: &str) {
+        if let Some(conn) = self.remove_conn(slot, reason) {
             self.stats.rst_sent += 1;
             self.queue_control(self.ends(conn.key), conn.kind, Op::Rst, 0);
         }

@@ -1,0 +1,153 @@
+//! The control plane end to end: the plugin binary serving binder RPC on a Unix socket, a host
+//! service registered through it, guests connecting through the fd the service hands back,
+//! policy, status and `vsock-plugin ctl`.
+
+mod common;
+use common::*;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::sync::mpsc;
+
+use vsock_plugin_ipc::host::HostService;
+use vsock_plugin_ipc::platform::ControlUri;
+use vsock_plugin_tests::frontend::plugin_process::plugin_binary;
+
+struct Setup {
+    p: PluginProcess,
+    uri: String,
+    _dir: TempDir,
+}
+
+fn plugin_with_control() -> Setup {
+    let dir = TempDir::new().unwrap();
+    let uri = format!("unix://{}#vsock", dir.join("ctl.sock").display());
+    let p = plugin(&["--control", &uri]);
+    // The control socket appears once the plugin serves it.
+    let path = dir.join("ctl.sock");
+    let deadline = std::time::Instant::now() + secs(5);
+    while !path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(ms(20));
+    }
+    assert!(
+        path.exists(),
+        "control socket {}: {}",
+        path.display(),
+        p.stderr_tail(4000)
+    );
+    Setup { p, uri, _dir: dir }
+}
+
+fn ctl(uri: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(plugin_binary())
+        .arg("ctl")
+        .arg("--uri")
+        .arg(uri)
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_registered_service_gets_the_guest_connection_and_bytes_flow_through_its_fd() {
+    let s = plugin_with_control();
+    let (tx, rx) = mpsc::channel::<(u64, UnixStream)>();
+    let tx = std::sync::Mutex::new(tx);
+    let svc = HostService::register(
+        &ControlUri::parse(&s.uri).unwrap(),
+        6000,
+        None,
+        "echo",
+        move |req| {
+            let (mine, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+            tx.lock()
+                .unwrap()
+                .send((req.guestCid as u64, mine))
+                .map_err(|e| e.to_string())?;
+            Ok(theirs)
+        },
+    )
+    .expect("register");
+    let mut vm = qemu_vm(&s.p);
+    let id = vm
+        .driver
+        .connect(2, 6000, TYPE_STREAM)
+        .expect("connect routed to the service");
+    let (cid, mut service_end) = rx.recv_timeout(secs(5)).expect("the service was asked");
+    assert_eq!(cid, 3);
+    vm.driver.send(id, b"to the service").unwrap();
+    assert_eq!(
+        read_exact_timeout(&mut service_end, 14, secs(5)).unwrap(),
+        b"to the service"
+    );
+    service_end.write_all(b"from the service").unwrap();
+    assert_eq!(
+        vm.driver.recv_exact(id, 16, secs(5)).unwrap(),
+        b"from the service"
+    );
+
+    let (ok, out) = ctl(&s.uri, &["connections"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("6000"), "{out}");
+    let (ok, out) = ctl(&s.uri, &["--json", "status"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("\"guestCid\"") || out.contains("guest_cid"),
+        "{out}"
+    );
+
+    // The service closes its end: the guest learns (SHUTDOWN both ways, then the device resets).
+    drop(service_end);
+    let done = vm
+        .driver
+        .pump_until(secs(5), |d| d.conn(id).peer_done())
+        .unwrap();
+    assert!(
+        done,
+        "the close reaches the guest: {}",
+        s.p.stderr_tail(3000)
+    );
+    let c = vm.driver.conn(id);
+    assert!(
+        c.state == ConnState::Reset || c.peer_shutdown == 3,
+        "{:?} {:?}",
+        c.state,
+        c.history.last()
+    );
+    drop(svc);
+    s.p.assert_alive();
+}
+
+#[test]
+fn policy_deny_resets_the_guest_connect_and_unregistered_ports_use_the_unix_mapping() {
+    let s = plugin_with_control();
+    let mut vm = qemu_vm(&s.p);
+    // No registration: the hybrid <uds>_P mapping still works.
+    let (_id, _host, _l) = guest_to_host(&mut vm, &s.p, 6001);
+    let (ok, out) = ctl(&s.uri, &["policy", "deny", "--port", "6002"]);
+    assert!(ok, "{out}");
+    let _l2 = listen(&s.p.vm().port_path(6002));
+    let err = vm.driver.connect(2, 6002, TYPE_STREAM).unwrap_err();
+    assert!(
+        err.to_string().contains("RST") || err.to_string().contains("reset"),
+        "{err}"
+    );
+    assert!(
+        s.p.stderr_tail(8000).contains("denied"),
+        "{}",
+        s.p.stderr_tail(8000)
+    );
+}
+
+#[test]
+fn ctl_without_a_plugin_fails_cleanly() {
+    let dir = TempDir::new().unwrap();
+    let uri = format!("unix://{}#vsock", dir.join("nothing.sock").display());
+    let (ok, out) = ctl(&uri, &["status"]);
+    assert!(!ok);
+    assert!(!out.contains("panicked"), "{out}");
+}
