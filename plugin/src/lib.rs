@@ -22,6 +22,9 @@ pub mod virtqueue;
 pub mod vsock;
 pub mod worker;
 
+#[cfg(test)]
+mod testing;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -341,4 +341,42 @@ mod tests {
             .translate(GuestAddress(u64::MAX - 4), 8, Permissions::Read)
             .is_err());
     }
+
+    #[test]
+    fn fuzz_requests_never_panic_and_entries_stay_capped() {
+        let mut rng = crate::testing::Rng::new(0x10ad);
+        let iommu = VhostIommu::new(64);
+        for _ in 0..50_000 {
+            let mut m = msg(
+                rng.edgy(),
+                rng.edgy(),
+                rng.edgy(),
+                rng.below(6) as u8,
+                rng.below(7) as u8,
+            );
+            if rng.below(20) == 0 {
+                m.truncate(rng.below(40) as usize);
+            }
+            match parse_request(&m) {
+                Ok(IotlbRequest::Update {
+                    iova,
+                    size,
+                    uaddr,
+                    perm,
+                }) => {
+                    // Pretend the target resolved to one guest-physical piece.
+                    iommu.map(&[(iova, uaddr, size)], perm);
+                }
+                Ok(IotlbRequest::Invalidate { iova, size }) => iommu.invalidate(iova, size),
+                Err(_) => {}
+            }
+            assert!(iommu.entries() <= 64);
+            let _ = iommu.translate(
+                GuestAddress(rng.edgy()),
+                rng.below(0x10000) as usize,
+                Permissions::Read,
+            );
+            let _ = iommu.take_fail();
+        }
+    }
 }

@@ -723,3 +723,100 @@ fn region_spec(r: &VhostUserMemoryRegion) -> RegionSpec {
         mmap_offset: r.mmap_offset,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IotlbMode;
+    use crate::testing::Rng;
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+
+    fn config(mode: IotlbMode) -> SessionConfig {
+        SessionConfig {
+            guest_cid: 3,
+            max_queue_size: 256,
+            seqpacket: true,
+            iotlb: IotlbPolicy {
+                mode,
+                access_platform: false,
+            },
+            iotlb_max_entries: 16,
+            iotlb_miss_timeout: Duration::from_millis(100),
+        }
+    }
+
+    fn memfd(size: u64) -> File {
+        // SAFETY: memfd_create with a valid C string; the fd is owned right away.
+        let f =
+            unsafe { File::from_raw_fd(libc::memfd_create(c"fuzz".as_ptr(), libc::MFD_CLOEXEC)) };
+        f.set_len(size).unwrap();
+        f
+    }
+
+    /// Random requests (valid ids with wrong, right and random payloads; random fds) never
+    /// panic, and a fatal error only ends that session (a new one works at once).
+    #[test]
+    fn fuzz_random_requests_never_panic() {
+        for mode in [IotlbMode::Off, IotlbMode::Required] {
+            let mut rng = Rng::new(0x5eed ^ mode as u64);
+            let (mut front, back) = UnixStream::pair().unwrap();
+            let mut session = FrontendSession::new(back, config(mode)).unwrap();
+            // REPLY_ACK so that acks are observable.
+            let pf = (features::protocol_offer() | features::PROTOCOL_BACKEND_REQ).to_ne_bytes();
+            wire::send_message(&front, 16, 1, &pf, &[]).unwrap();
+            assert!(session.serve_one().is_ok());
+            front.set_nonblocking(true).unwrap();
+            let mem = memfd(0x40000);
+            for i in 0..20_000 {
+                let request = match rng.below(4) {
+                    0 => rng.below(50) as u32,
+                    _ => [2, 5, 8, 9, 10, 11, 12, 13, 14, 18, 22, 24, 34, 37, 38]
+                        [rng.below(15) as usize],
+                };
+                let size = match rng.below(6) {
+                    0 => 0,
+                    1 => 8,
+                    2 => 40,
+                    3 => 8 + 32 * rng.below(4) as usize,
+                    4 => 12 + rng.below(12) as usize,
+                    _ => rng.below(300) as usize,
+                };
+                let mut payload = rng.bytes(size);
+                if request == 5 && size >= 8 && rng.below(2) == 0 {
+                    // A plausible memory table: one region mapping the memfd.
+                    payload = Vec::new();
+                    payload.extend_from_slice(&1u32.to_ne_bytes());
+                    payload.extend_from_slice(&0u32.to_ne_bytes());
+                    for v in [0u64, 0x40000, 0x7f00_0000_0000, 0] {
+                        payload.extend_from_slice(&v.to_ne_bytes());
+                    }
+                }
+                let fds: Vec<RawFd> = (0..rng.below(3)).map(|_| mem.as_raw_fd()).collect();
+                let flags = if rng.below(2) == 0 { 0x9 } else { 0x1 };
+                wire::send_message(&front, request, flags, &payload, &fds).unwrap();
+                match session.serve_one() {
+                    Ok(()) => {}
+                    Err(SessionError::Refused(_)) => {}
+                    Err(SessionError::Fatal(_)) => {
+                        // The connection would be dropped: start a new one.
+                        let (f, b) = UnixStream::pair().unwrap();
+                        front = f;
+                        session = FrontendSession::new(b, config(mode)).unwrap();
+                        wire::send_message(&front, 16, 1, &pf, &[]).unwrap();
+                        assert!(session.serve_one().is_ok(), "iteration {i}");
+                        front.set_nonblocking(true).unwrap();
+                        continue;
+                    }
+                }
+                let mut sink = [0u8; 4096];
+                while let Ok(n) = (&front).read(&mut sink) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = session.take_changes();
+            }
+        }
+    }
+}
