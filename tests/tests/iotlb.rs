@@ -53,6 +53,15 @@ fn gpa_of(mem: &GuestMemory, va: u64) -> u64 {
         .expect("VA inside guest memory")
 }
 
+/// `v` with its ring addresses as IOVAs (identity: IOVA = guest-physical address).
+fn with_iovas(mem: &GuestMemory, v: &VringSetup) -> VringSetup {
+    let mut iova = v.clone();
+    iova.desc_va = gpa_of(mem, v.desc_va);
+    iova.avail_va = gpa_of(mem, v.avail_va);
+    iova.used_va = gpa_of(mem, v.used_va);
+    iova
+}
+
 /// QEMU-like session with bit 33 negotiated; ring addresses sent as IOVAs (= GPAs).
 /// `err` is installed as the tx queue's error eventfd.
 fn translated_handshake(
@@ -74,10 +83,7 @@ fn translated_handshake(
     assert_eq!(c.set_features(n.features, true)?, Some(0));
     assert_eq!(c.set_mem_table(mem, true)?, Some(0));
     for v in vrings {
-        let mut iova = v.clone();
-        iova.desc_va = gpa_of(mem, v.desc_va);
-        iova.avail_va = gpa_of(mem, v.avail_va);
-        iova.used_va = gpa_of(mem, v.used_va);
+        let iova = with_iovas(mem, v);
         assert_eq!(c.set_vring_num(v.index, v.size as u32, true)?, Some(0));
         assert_eq!(c.set_vring_base(v.index, 0, true)?, Some(0));
         assert_eq!(
@@ -409,18 +415,13 @@ fn t9_invalid_updates_are_refused_without_state_change() {
 #[test]
 fn t11_read_only_mapping_for_a_device_write_stops_the_queue() {
     let p = plugin(&["--iotlb", "required", "--iotlb-miss-timeout-ms", "1000"]);
-    let client = VhostUserClient::connect(&p.vm().socket).unwrap();
     let err = EventFd::new(EFD_NONBLOCK).unwrap();
-    let vm = Vm::build(client, VmOptions::qemu(), |c, mem, v| {
-        translated_handshake(c, mem, v, Some(&err))
-    })
-    .unwrap();
     let Vm {
         client,
         mem,
         mut driver,
         ..
-    } = vm;
+    } = translated_vm(&p, Some(&err));
     let server = IommuServer::start(client, &mem, Answer::MapReadOnly);
     // The used ring needs write access: with only read-only mappings the tx queue cannot run.
     let _ = driver.connect_start(2, 7003, TYPE_STREAM);
@@ -454,18 +455,13 @@ fn t11_read_only_mapping_for_a_device_write_stops_the_queue() {
 #[test]
 fn t13_t17_unanswered_miss_times_out_and_nothing_is_consumed() {
     let p = plugin(&["--iotlb", "required", "--iotlb-miss-timeout-ms", "300"]);
-    let client = VhostUserClient::connect(&p.vm().socket).unwrap();
     let err = EventFd::new(EFD_NONBLOCK).unwrap();
-    let vm = Vm::build(client, VmOptions::qemu(), |c, mem, v| {
-        translated_handshake(c, mem, v, Some(&err))
-    })
-    .unwrap();
     let Vm {
         client,
         mem,
         mut driver,
         ..
-    } = vm;
+    } = translated_vm(&p, Some(&err));
     let server = IommuServer::start(client, &mem, Answer::Silent);
     let _ = driver.connect_start(2, 7004, TYPE_STREAM);
     std::thread::sleep(ms(800));
@@ -512,10 +508,7 @@ fn t14_stopping_all_rings_flushes_the_iotlb() {
         .collect();
     let setups = driver.vring_setups();
     for v in &setups {
-        let mut iova = v.clone();
-        iova.desc_va = gpa_of(&mem, v.desc_va);
-        iova.avail_va = gpa_of(&mem, v.avail_va);
-        iova.used_va = gpa_of(&mem, v.used_va);
+        let iova = with_iovas(&mem, v);
         client
             .set_vring_base(v.index, bases[v.index as usize], true)
             .unwrap();

@@ -131,15 +131,8 @@ pub fn send_message(
         iov_len: buf.len(),
     };
     let fd_bytes = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; all pointers set below point to live buffers of the given sizes.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
+    let mut control = control_buffer(fd_bytes);
+    let msg = msghdr(&mut iov, &mut control);
     // SAFETY: control has room for one cmsghdr carrying `fds` (CMSG_SPACE above).
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -159,22 +152,31 @@ pub fn send_message(
     Ok(())
 }
 
+/// Room for SCM_RIGHTS ancillary data of `fd_bytes`.
+fn control_buffer(fd_bytes: usize) -> Vec<u8> {
+    // SAFETY: CMSG_SPACE only computes a size.
+    vec![0u8; unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize]
+}
+
+/// A msghdr over one iovec and a control buffer; both must outlive its use.
+fn msghdr(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; a zeroed one is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = control.len() as _;
+    msg
+}
+
 /// `recvmsg` into `buf`, collecting any SCM_RIGHTS fds (owned, close-on-exec).
 fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> Result<(usize, Vec<File>), WireError> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space =
-        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: zeroed msghdr is valid; pointers below reference live buffers.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
+    let mut control = control_buffer(MAX_FDS * std::mem::size_of::<RawFd>());
+    let mut msg = msghdr(&mut iov, &mut control);
     let n = loop {
         // SAFETY: msg describes valid buffers.
         let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
