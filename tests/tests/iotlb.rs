@@ -543,3 +543,38 @@ fn bit33_acked_with_access_platform_never_translates_qemu_shape() {
         b"no iotlb"
     );
 }
+
+#[test]
+fn t10_after_an_invalidate_ack_the_old_mapping_is_never_used() {
+    // Guest pointers never outlive one call on the worker thread that also acks the INVALIDATE,
+    // so once the ack arrives the device must go back to the frontend for every access.
+    let p = plugin(&["--iotlb", "required"]);
+    let Vm {
+        client,
+        mem,
+        mut driver,
+        ..
+    } = translated_vm(&p, None);
+    let server = IommuServer::start(client, &mem, Answer::MapAll);
+    let l = listen(&p.vm().port_path(7008));
+    let id = driver.connect(2, 7008, TYPE_STREAM).unwrap();
+    let mut host = accept_timeout(&l, secs(5)).unwrap();
+    driver.send(id, b"before").unwrap();
+    assert_eq!(
+        read_exact_timeout(&mut host, 6, secs(5)).unwrap(),
+        b"before"
+    );
+    let mut client = server.finish();
+    assert_eq!(
+        send_iotlb(&mut client, &iotlb_msg(0, u64::MAX, 0, 0, IOTLB_INVALIDATE)),
+        0
+    );
+    let server = IommuServer::start(client, &mem, Answer::MapAll);
+    driver.send(id, b"after").unwrap();
+    assert_eq!(read_exact_timeout(&mut host, 5, secs(5)).unwrap(), b"after");
+    assert!(
+        !server.misses().is_empty(),
+        "data after the INVALIDATE needed new mappings"
+    );
+    server.finish();
+}
