@@ -819,4 +819,55 @@ mod tests {
             }
         }
     }
+
+    fn request(
+        front: &UnixStream,
+        session: &mut FrontendSession,
+        req: u32,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> u64 {
+        wire::send_message(front, req, 0x9, payload, fds).unwrap();
+        session.serve_one().unwrap();
+        let reply = wire::recv_reply(front).unwrap();
+        u64::from_ne_bytes(reply.payload[..8].try_into().unwrap())
+    }
+
+    /// T15: removing a region drops the IOTLB entries that pointed into it; an UPDATE targeting
+    /// memory that is gone is refused.
+    #[test]
+    fn removing_a_region_flushes_its_iotlb_entries() {
+        let (front, back) = UnixStream::pair().unwrap();
+        let mut s = FrontendSession::new(back, config(IotlbMode::Required)).unwrap();
+        let pf = features::protocol_offer() | features::PROTOCOL_BACKEND_REQ;
+        assert_eq!(request(&front, &mut s, 16, &pf.to_ne_bytes(), &[]), 0);
+        let f = features::virtio_offer(true) | features::VIRTIO_F_ACCESS_PLATFORM;
+        assert_eq!(request(&front, &mut s, 2, &f.to_ne_bytes(), &[]), 0);
+        assert!(s.translated());
+        let mem = memfd(0x10000);
+        let region: Vec<u8> = [0u64, 0, 0x10000, 0x7f00_0000_0000, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        assert_eq!(request(&front, &mut s, 37, &region, &[mem.as_raw_fd()]), 0);
+        let mut update = vec![0u8; 32];
+        update[0..8].copy_from_slice(&0x1000u64.to_ne_bytes());
+        update[8..16].copy_from_slice(&0x1000u64.to_ne_bytes());
+        update[16..24].copy_from_slice(&0x7f00_0000_0000u64.to_ne_bytes());
+        update[24] = 3;
+        update[25] = 2;
+        assert_eq!(request(&front, &mut s, 22, &update, &[]), 0);
+        assert_eq!(s.mem.iommu().entries(), 1);
+        assert_eq!(request(&front, &mut s, 38, &region, &[]), 0);
+        assert_eq!(
+            s.mem.iommu().entries(),
+            0,
+            "entries into the removed region are gone"
+        );
+        assert_ne!(
+            request(&front, &mut s, 22, &update, &[]),
+            0,
+            "nothing to map into any more"
+        );
+    }
 }
