@@ -6,7 +6,12 @@
 //! `required_features`, append-only field numbers) are stated in the `.proto` files and enforced by
 //! [`check_required_features`] and the tests.
 
+// Cargo: build.rs generates the messages into OUT_DIR. Soong: `rust_protobuf`
+// (libvsock_plugin_proto_messages) generates the same modules as a crate of their own.
+#[cfg(not(soong))]
 include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
+#[cfg(soong)]
+pub use vsock_plugin_proto_messages::*;
 
 use protobuf::Message;
 

@@ -1503,7 +1503,6 @@ fn test_mapping_names_test_modules_of_android_bp() {
 // gaps"). Ignored until the owners of those files land them; run with `--ignored` to see the state.
 
 #[test]
-#[ignore = "needs proto/src/lib.rs: a cfg(soong) arm instead of include!($OUT_DIR/protos/mod.rs)"]
 fn proto_crate_builds_without_cargo_out_dir() {
     let src = std::fs::read_to_string(root().join("proto/src/lib.rs")).unwrap();
     if src.contains("env!(\"OUT_DIR\")") {

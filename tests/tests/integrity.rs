@@ -3,14 +3,16 @@
 mod common;
 use common::*;
 
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::time::Instant;
+use vsock_plugin_tests::real_guest::proto::Sha256;
 
 const MIB8: usize = 8 << 20;
 
 fn sha(d: &[u8]) -> Vec<u8> {
-    Sha256::digest(d).to_vec()
+    let mut h = Sha256::new();
+    h.update(d);
+    h.finish().to_vec()
 }
 
 #[test]
@@ -49,7 +51,7 @@ fn eight_mib_each_way_concurrently_sha256() {
                 Err(e) => return Err(format!("host read after {n} bytes: {e}")),
             }
         }
-        Ok((n, h.finalize().to_vec()))
+        Ok((n, h.finish().to_vec()))
     });
 
     let deadline = Instant::now() + secs(90);
@@ -78,7 +80,7 @@ fn eight_mib_each_way_concurrently_sha256() {
     }
     assert_eq!(got_n, MIB8);
     assert_eq!(
-        got.finalize().to_vec(),
+        got.finish().to_vec(),
         want_guest,
         "host → guest sha256 differs"
     );

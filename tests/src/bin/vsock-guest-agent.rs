@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use proto::{fill_pattern, hex, parse_kv, pattern_sha256, Sha256, HOST_CID, SEQPACKET_SIZES};
+use proto::{
+    escape, fill_pattern, hex, parse_kv, pattern_sha256, unescape, FastSum, Sha256, HOST_CID,
+    SEQPACKET_SIZES,
+};
 
 /// Receive/send timeout of data sockets: an op never blocks longer than this on one call.
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -96,6 +99,12 @@ fn run_command(rest: &str, out: &Arc<Mutex<std::fs::File>>) {
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(default)
     };
+    let text = |k: &str| -> String {
+        args.iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| unescape(v))
+            .unwrap_or_default()
+    };
     let ready = {
         let out = out.clone();
         let id = id.to_string();
@@ -137,6 +146,10 @@ fn run_command(rest: &str, out: &Arc<Mutex<std::fs::File>>) {
         "echo_clients" => echo_clients(cid, port, get("conns", 1) as usize, get("bytes", 4096)),
         "empty_connect" => empty_connect(cid, port),
         "seqpacket" => seqpacket(cid, port),
+        "say" => say(cid, port, &text("text")),
+        "answer" => answer(port, &text("text"), ready),
+        "bulk_send" => bulk_send(cid, port, get("bytes", 0), get("seed", 1)),
+        "bulk_recv" => bulk_recv(port, ready),
         other => Err(format!("unknown op {other}")),
     };
     let ms = start.elapsed().as_millis();
@@ -476,6 +489,114 @@ fn seqpacket(cid: u32, port: u32) -> OpResult {
     Ok(format!(
         "{} messages kept their boundaries",
         SEQPACKET_SIZES.len()
+    ))
+}
+
+/// Demo, guest → host: connects to `cid:port`, sends `text` and a newline, and returns the host's
+/// reply (read until EOF) as `reply=<escaped>`.
+fn say(cid: u32, port: u32, text: &str) -> OpResult {
+    let mut s =
+        Vsock::connect(libc::SOCK_STREAM, cid, port).map_err(|e| format!("connect: {e}"))?;
+    s.write_all(format!("{text}\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let got = read_to_eof(&mut s, Duration::from_secs(10)).map_err(|e| format!("reply: {e}"))?;
+    let reply = String::from_utf8_lossy(&got);
+    Ok(format!("reply={}", escape(reply.trim_end())))
+}
+
+/// Demo, host → guest: listens on `port`, accepts one connection, reads one line, answers with
+/// `text` and a newline and closes. Returns `got=<escaped line>`.
+fn answer(port: u32, text: &str, ready: impl FnOnce()) -> OpResult {
+    let l = Vsock::listen(libc::SOCK_STREAM, port).map_err(|e| format!("listen: {e}"))?;
+    ready();
+    let mut s = l
+        .accept(Duration::from_secs(20))
+        .map_err(|e| format!("accept: {e}"))?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 4096 {
+        match s.read(&mut b).map_err(|e| format!("read: {e}"))? {
+            0 => break,
+            _ if b[0] == b'\n' => break,
+            _ => line.push(b[0]),
+        }
+    }
+    s.write_all(format!("{text}\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    Ok(format!("got={}", escape(&String::from_utf8_lossy(&line))))
+}
+
+/// Throughput, guest → host: an 8-byte little-endian length, then `bytes` of a 256 KiB pattern
+/// block repeated; the host answers with the [`FastSum`] of what it received (8 bytes, LE).
+fn bulk_send(cid: u32, port: u32, bytes: u64, seed: u64) -> OpResult {
+    let mut s =
+        Vsock::connect(libc::SOCK_STREAM, cid, port).map_err(|e| format!("connect: {e}"))?;
+    s.set_timeout(libc::SO_RCVTIMEO, Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    let mut block = vec![0u8; 256 * 1024];
+    fill_pattern(seed, 0, &mut block);
+    let start = Instant::now();
+    s.write_all(&bytes.to_le_bytes())
+        .map_err(|e| format!("header: {e}"))?;
+    let mut sum = FastSum::new();
+    let mut off = 0u64;
+    while off < bytes {
+        let n = (bytes - off).min(block.len() as u64) as usize;
+        sum.update(&block[..n]);
+        s.write_all(&block[..n])
+            .map_err(|e| format!("write at {off}: {e}"))?;
+        off += n as u64;
+    }
+    let mine = sum.finish();
+    let mut theirs = [0u8; 8];
+    s.read_exact(&mut theirs)
+        .map_err(|e| format!("reading the host's sum: {e}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    let theirs = u64::from_le_bytes(theirs);
+    if theirs != mine {
+        return Err(format!(
+            "sum mismatch: sent {mine:016x}, host {theirs:016x}"
+        ));
+    }
+    Ok(format!(
+        "bytes={bytes} sum={mine:016x} mbps={:.1}",
+        bytes as f64 / secs / 1e6
+    ))
+}
+
+/// Throughput, host → guest: accepts one connection on `port`, reads the 8-byte length and the
+/// data, and answers with the [`FastSum`] of the data.
+fn bulk_recv(port: u32, ready: impl FnOnce()) -> OpResult {
+    let l = Vsock::listen(libc::SOCK_STREAM, port).map_err(|e| format!("listen: {e}"))?;
+    ready();
+    let mut s = l
+        .accept(Duration::from_secs(20))
+        .map_err(|e| format!("accept: {e}"))?;
+    let mut head = [0u8; 8];
+    s.read_exact(&mut head)
+        .map_err(|e| format!("header: {e}"))?;
+    let bytes = u64::from_le_bytes(head);
+    let start = Instant::now();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut sum = FastSum::new();
+    let mut off = 0u64;
+    while off < bytes {
+        let want = (bytes - off).min(buf.len() as u64) as usize;
+        let n = s
+            .read(&mut buf[..want])
+            .map_err(|e| format!("read at {off}: {e}"))?;
+        if n == 0 {
+            return Err(format!("EOF after {off} of {bytes} bytes"));
+        }
+        sum.update(&buf[..n]);
+        off += n as u64;
+    }
+    let v = sum.finish();
+    s.write_all(&v.to_le_bytes())
+        .map_err(|e| format!("sending the sum: {e}"))?;
+    Ok(format!(
+        "bytes={bytes} sum={v:016x} mbps={:.1}",
+        bytes as f64 / start.elapsed().as_secs_f64() / 1e6
     ))
 }
 

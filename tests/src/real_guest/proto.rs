@@ -187,12 +187,128 @@ pub fn parse_kv<'a>(words: impl Iterator<Item = &'a str>) -> Vec<(&'a str, &'a s
     words.filter_map(|w| w.split_once('=')).collect()
 }
 
+/// A cheap position-dependent checksum for bulk transfers (throughput runs, where SHA-256 in a TCG
+/// guest would be the bottleneck): every 8-byte little-endian word is mixed with its index, so a lost,
+/// duplicated or reordered chunk changes the result. Feed it chunks of any size.
+#[derive(Clone, Default)]
+pub struct FastSum {
+    acc: u64,
+    words: u64,
+    partial: [u8; 8],
+    fill: usize,
+    total: u64,
+}
+
+impl FastSum {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[inline]
+    fn word(&mut self, w: u64) {
+        self.acc = (self.acc.rotate_left(23) ^ w ^ self.words).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.words += 1;
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        if self.fill > 0 {
+            let n = (8 - self.fill).min(data.len());
+            self.partial[self.fill..self.fill + n].copy_from_slice(&data[..n]);
+            self.fill += n;
+            data = &data[n..];
+            if self.fill < 8 {
+                return;
+            }
+            let w = u64::from_le_bytes(self.partial);
+            self.word(w);
+            self.fill = 0;
+        }
+        let mut chunks = data.chunks_exact(8);
+        for c in &mut chunks {
+            self.word(u64::from_le_bytes(c.try_into().unwrap()));
+        }
+        let rest = chunks.remainder();
+        self.partial[..rest.len()].copy_from_slice(rest);
+        self.fill = rest.len();
+    }
+
+    pub fn finish(mut self) -> u64 {
+        if self.fill > 0 {
+            for b in &mut self.partial[self.fill..] {
+                *b = 0;
+            }
+            let w = u64::from_le_bytes(self.partial);
+            self.word(w);
+        }
+        self.acc ^ self.total
+    }
+}
+
+/// `%XX`-escapes bytes outside `[A-Za-z0-9._:/-]` so text fits in one `key=value` word.
+pub fn escape(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"._:/-()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Reverses [`escape`].
+pub fn unescape(word: &str) -> String {
+    let b = word.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Sizes of the SEQPACKET messages the `seqpacket` case exchanges (boundaries must survive).
 pub const SEQPACKET_SIZES: [usize; 8] = [1, 7, 100, 1000, 4096, 4097, 30000, 60000];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_sum_is_chunk_independent_and_position_dependent() {
+        let mut data = vec![0u8; 10_000];
+        fill_pattern(3, 0, &mut data);
+        let mut a = FastSum::new();
+        a.update(&data);
+        let mut b = FastSum::new();
+        for c in data.chunks(13) {
+            b.update(c);
+        }
+        let a = a.finish();
+        assert_eq!(a, b.finish());
+        data.swap(0, 8);
+        let mut c = FastSum::new();
+        c.update(&data);
+        assert_ne!(a, c.finish());
+    }
+
+    #[test]
+    fn escape_round_trip() {
+        let t = "hello from the guest: 100% (CID 3)";
+        assert!(!escape(t).contains(' '));
+        assert_eq!(unescape(&escape(t)), t);
+    }
 
     #[test]
     fn sha256_known_answers() {

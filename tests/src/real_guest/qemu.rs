@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::util::{file_tail, kill_on_parent_death};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct QemuConfig {
     pub qemu: PathBuf,
     /// `tcg` (default) or `kvm`.
@@ -21,6 +21,24 @@ pub struct QemuConfig {
     pub initrd: PathBuf,
     /// Extra kernel command-line words.
     pub append: String,
+    /// A vIOMMU: `-machine q35 -device intel-iommu,intremap=on,device-iotlb=on` before the vsock
+    /// device, `iommu_platform=on,ats=on` on it, and `intel_iommu=on iommu=nopt` for the guest.
+    pub viommu: bool,
+    /// `iommu_platform=on` on the vsock device (implied by `viommu`).
+    pub iommu_platform: bool,
+}
+
+impl QemuConfig {
+    /// The `-device` value of the vsock device on chardev `chardev`.
+    pub fn vsock_device(&self, chardev: &str) -> String {
+        let mut d = format!("vhost-user-vsock-pci,chardev={chardev}");
+        if self.viommu {
+            d.push_str(",iommu_platform=on,ats=on");
+        } else if self.iommu_platform {
+            d.push_str(",iommu_platform=on");
+        }
+        d
+    }
 }
 
 /// What the agent said when it came up.
@@ -94,19 +112,32 @@ impl Vm {
             "kvm" => cmd.args(["-accel", "kvm", "-cpu", "host"]),
             _ => cmd.args(["-accel", "tcg", "-cpu", "max"]),
         };
+        if cfg.viommu {
+            cmd.args(["-machine", "q35"])
+                .args(["-device", "intel-iommu,intremap=on,device-iotlb=on"]);
+        }
+        let iommu_append = if cfg.viommu {
+            " intel_iommu=on iommu=nopt"
+        } else {
+            ""
+        };
         cmd.args(["-smp", "1", "-m", &mem])
             .arg("-object")
             .arg(format!("memory-backend-memfd,id=mem,size={mem},share=on"))
             .args(["-numa", "node,memdev=mem"])
             .arg("-chardev")
             .arg(format!("socket,id=vhost,path={}", vhost_socket.display()))
-            .args(["-device", "vhost-user-vsock-pci,chardev=vhost"])
+            .arg("-device")
+            .arg(cfg.vsock_device("vhost"))
             .arg("-kernel")
             .arg(&cfg.kernel)
             .arg("-initrd")
             .arg(&cfg.initrd)
             .arg("-append")
-            .arg(format!("console=ttyS0 panic=-1 quiet {}", cfg.append))
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet {}{iommu_append}",
+                cfg.append
+            ))
             .args([
                 "-display",
                 "none",
@@ -125,6 +156,10 @@ impl Vm {
             ))
             .args(["-serial", "chardev:ctl"])
             .stdin(Stdio::null());
+        // Debugging aid, e.g. VSOCK_REAL_GUEST_QEMU_ARGS='-trace enable=vhost_iotlb*'.
+        if let Ok(extra) = std::env::var("VSOCK_REAL_GUEST_QEMU_ARGS") {
+            cmd.args(extra.split_whitespace());
+        }
         let log = File::create(&qemu_log).map_err(|e| format!("{}: {e}", qemu_log.display()))?;
         let _ = writeln!(&log, "=== {:?}", cmd);
         cmd.stdout(log.try_clone().map_err(|e| e.to_string())?)

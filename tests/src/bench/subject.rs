@@ -1,0 +1,211 @@
+//! The three subjects and the backend processes the benchmark starts.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::frontend::plugin_process::{plugin_binary, TempDir};
+
+use super::util::{proc_cpu, ProcCpu};
+
+/// What is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    /// `target/release/vsock-plugin`.
+    Plugin,
+    /// rust-vmm `vhost-device-vsock` 0.3.0.
+    Reference,
+    /// A raw Unix socketpair / Unix listener: the limit of any hybrid-vsock device.
+    Socketpair,
+}
+
+impl Subject {
+    pub const ALL: [Subject; 3] = [Subject::Plugin, Subject::Reference, Subject::Socketpair];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Subject::Plugin => "plugin",
+            Subject::Reference => "reference",
+            Subject::Socketpair => "socketpair",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Subject> {
+        match s.trim() {
+            "plugin" => Some(Subject::Plugin),
+            "reference" | "ref" | "vhost-device-vsock" => Some(Subject::Reference),
+            "socketpair" | "socket" | "uds" => Some(Subject::Socketpair),
+            _ => None,
+        }
+    }
+
+    pub fn is_backend(self) -> bool {
+        self != Subject::Socketpair
+    }
+}
+
+/// The reference backend: `VSOCK_BENCH_REFERENCE`, else `~/.cargo/bin/vhost-device-vsock`, else
+/// `vhost-device-vsock` on PATH.
+pub fn reference_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("VSOCK_BENCH_REFERENCE") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let p = Path::new(&home).join(".cargo/bin/vhost-device-vsock");
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("vhost-device-vsock"))
+            .find(|p| p.exists())
+    })
+}
+
+/// `<binary> --version`, first line.
+pub fn binary_version(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Resolves the binary of a backend subject (builds the plugin in release mode under cargo).
+pub fn backend_binary(s: Subject) -> Result<PathBuf, String> {
+    match s {
+        Subject::Plugin => {
+            let p = std::panic::catch_unwind(plugin_binary).map_err(|_| {
+                "vsock-plugin binary not found: run `cargo build --release -p vsock-plugin` \
+                 (or tests/bench/setup), or set VSOCK_PLUGIN_BIN"
+                    .to_string()
+            })?;
+            Ok(p)
+        }
+        Subject::Reference => reference_binary().ok_or_else(|| {
+            "vhost-device-vsock not found: run tests/bench/setup (cargo install vhost-device-vsock \
+             --version 0.3.0 --locked), or set VSOCK_BENCH_REFERENCE"
+                .to_string()
+        }),
+        Subject::Socketpair => Err("the socketpair subject has no backend".into()),
+    }
+}
+
+/// One backend process serving one VM (guest CID 3), killed on drop. Both backends take the same
+/// `--guest-cid 3 --socket S --uds-path U` arguments and run with `RUST_LOG=warn`.
+pub struct Backend {
+    pub subject: Subject,
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub uds: PathBuf,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Backend {
+    pub fn start(subject: Subject, bin: &Path) -> io::Result<Backend> {
+        let dir = TempDir::new()?;
+        let socket = dir.join("v.sock");
+        let uds = dir.join("h.sock");
+        let log = dir.join("backend.log");
+        let mut cmd = Command::new(bin);
+        cmd.args(["--guest-cid", "3", "--socket"])
+            .arg(&socket)
+            .arg("--uds-path")
+            .arg(&uds)
+            .env(
+                "RUST_LOG",
+                std::env::var("VSOCK_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(File::create(&log)?)
+            .stderr(File::create(&log)?);
+        // SAFETY: prctl is async-signal-safe; the child dies with the benchmark.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        let mut b = Backend {
+            subject,
+            dir,
+            socket,
+            uds,
+            child,
+            log,
+        };
+        // Wait for the vhost-user socket without connecting to it (a bare connect uses up one
+        // serve iteration of the reference).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !b.socket.exists() {
+            if let Ok(Some(st)) = b.child.try_wait() {
+                return Err(io::Error::other(format!(
+                    "{} exited with {st} at start: {}",
+                    subject.name(),
+                    b.log_tail(2000)
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "{} did not create its socket within 10 s",
+                    subject.name()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(b)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn cpu(&self) -> ProcCpu {
+        proc_cpu(self.pid()).unwrap_or_default()
+    }
+
+    /// `<uds>_<port>`: where a guest→host connection to `port` goes.
+    pub fn port_path(&self, port: u32) -> PathBuf {
+        let mut s = self.uds.clone().into_os_string();
+        s.push(format!("_{port}"));
+        PathBuf::from(s)
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_tail(&self, n: u64) -> String {
+        let Ok(mut f) = File::open(&self.log) else {
+            return String::new();
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(n)));
+        let mut s = String::new();
+        let _ = f.read_to_string(&mut s);
+        s
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

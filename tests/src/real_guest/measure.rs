@@ -1,0 +1,314 @@
+//! `real-guest --measure`: backend CPU seconds per GiB moved, and MB/s, for one or more backends in
+//! interleaved rounds (reference note §6–8). Per run: a fresh backend, one guest (`-smp 1`), `count`
+//! transfers of `mib` MiB guest→host and as many host→guest (8-byte length header, then data; the
+//! receiver answers with a position-dependent 64-bit sum, so half-close is not needed), and the
+//! backend's utime+stime from `/proc/<pid>/stat` before and after the transfers (boot excluded).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::backend::{expand_single, Backend, VmSpec};
+use super::host;
+use super::proto::{fill_pattern, FastSum};
+use super::qemu::{QemuConfig, Vm};
+use super::util::{file_tail, indent};
+
+pub struct MeasureOptions {
+    pub backends: Vec<String>,
+    pub rounds: u32,
+    pub count: u32,
+    pub mib: u64,
+    pub qemu: QemuConfig,
+    pub dir: PathBuf,
+}
+
+/// One run of one backend.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub cpu_s: f64,
+    pub user_s: f64,
+    pub gib: f64,
+    pub g2h_mbps: Vec<f64>,
+    pub h2g_mbps: Vec<f64>,
+    pub wall_s: f64,
+}
+
+impl Run {
+    pub fn cpu_per_gib(&self) -> f64 {
+        self.cpu_s / self.gib
+    }
+}
+
+/// utime + stime (all threads) and utime alone, in seconds.
+pub fn proc_cpu(pid: u32) -> Result<(f64, f64), String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let rest = s.rsplit_once(')').map(|x| x.1).ok_or("bad /proc stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime field 15.
+    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).ok_or("utime")?;
+    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).ok_or("stime")?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(((ut + st) / hz, ut / hz))
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn range(v: &[f64]) -> (f64, f64) {
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
+}
+
+const BLOCK: usize = 256 * 1024;
+
+fn block(seed: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BLOCK];
+    fill_pattern(seed, 0, &mut b);
+    b
+}
+
+/// Guest → host: returns MB/s measured by the host sink (first to last byte).
+fn g2h(vm: &mut Vm, uds: &Path, port: u32, bytes: u64, seed: u64) -> Result<f64, String> {
+    let l = host::listen(uds, port)?;
+    let sink = thread::spawn(move || -> Result<f64, String> {
+        let mut s = host::accept(&l, Duration::from_secs(20))?;
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        let mut head = [0u8; 8];
+        s.read_exact(&mut head)
+            .map_err(|e| format!("header: {e}"))?;
+        let len = u64::from_le_bytes(head);
+        if len != bytes {
+            return Err(format!("header says {len} bytes, expected {bytes}"));
+        }
+        let mut buf = vec![0u8; BLOCK];
+        let mut sum = FastSum::new();
+        let mut got = 0u64;
+        let mut start = None;
+        while got < len {
+            let want = (len - got).min(BLOCK as u64) as usize;
+            let n = s
+                .read(&mut buf[..want])
+                .map_err(|e| format!("read at {got}: {e}"))?;
+            if n == 0 {
+                return Err(format!("EOF after {got} of {len} bytes"));
+            }
+            start.get_or_insert_with(Instant::now);
+            sum.update(&buf[..n]);
+            got += n as u64;
+        }
+        let secs = start.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        s.write_all(&sum.finish().to_le_bytes())
+            .map_err(|e| format!("sum: {e}"))?;
+        Ok(len as f64 / secs.max(1e-9) / 1e6)
+    });
+    let guest = vm.run_op(
+        "measure",
+        "bulk_send",
+        &format!("port={port} bytes={bytes} seed={seed}"),
+        Duration::from_secs(300),
+    );
+    if guest.is_err() {
+        let _ = std::os::unix::net::UnixStream::connect(host::port_path(uds, port));
+    }
+    let host = sink.join().unwrap_or_else(|_| Err("sink panicked".into()));
+    match (host, guest) {
+        (Ok(r), Ok(_)) => Ok(r),
+        (h, g) => Err(format!("guest→host: host {h:?}; guest {g:?}")),
+    }
+}
+
+/// Host → guest: MB/s from the connect to the guest's sum.
+fn h2g(vm: &mut Vm, uds: &Path, port: u32, bytes: u64, seed: u64) -> Result<f64, String> {
+    let id = vm
+        .start_op("measure", "bulk_recv", &format!("port={port}"))
+        .map_err(|e| e.to_string())?;
+    vm.wait_ready(id, Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    let data = block(seed);
+    let host = (|| -> Result<f64, String> {
+        let start = Instant::now();
+        let mut s = host::connect_guest(uds, port, Duration::from_secs(10))?;
+        s.set_write_timeout(Some(Duration::from_secs(60))).ok();
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        s.write_all(&bytes.to_le_bytes())
+            .map_err(|e| format!("header: {e}"))?;
+        let mut sum = FastSum::new();
+        let mut off = 0u64;
+        while off < bytes {
+            let n = (bytes - off).min(BLOCK as u64) as usize;
+            sum.update(&data[..n]);
+            s.write_all(&data[..n])
+                .map_err(|e| format!("write at {off}: {e}"))?;
+            off += n as u64;
+        }
+        let mut back = [0u8; 8];
+        s.read_exact(&mut back)
+            .map_err(|e| format!("reading the guest's sum: {e}"))?;
+        let secs = start.elapsed().as_secs_f64();
+        let (mine, theirs) = (sum.finish(), u64::from_le_bytes(back));
+        if mine != theirs {
+            return Err(format!(
+                "sum mismatch: sent {mine:016x}, guest {theirs:016x}"
+            ));
+        }
+        Ok(bytes as f64 / secs / 1e6)
+    })();
+    let guest = vm.wait_result(id, Duration::from_secs(300));
+    match (host, guest) {
+        (Ok(r), Ok(_)) => Ok(r),
+        (h, g) => Err(format!("host→guest: host {h:?}; guest {g:?}")),
+    }
+}
+
+fn one_run(o: &MeasureOptions, backend: &str, dir: &Path) -> Result<Run, String> {
+    let _ = std::fs::create_dir_all(dir);
+    let spec = VmSpec {
+        cid: 3,
+        socket: dir.join("vhost.sock"),
+        uds: dir.join("vm.vsock"),
+        groups: "default".into(),
+    };
+    let log = dir.join("backend.log");
+    let mut b = Backend::start(expand_single(backend, &spec), &log, &[&spec.socket])?;
+    let tails = |e: String| {
+        format!(
+            "{e}\n  backend log:\n{}",
+            indent(&file_tail(&log, 15), "    | ")
+        )
+    };
+    let mut vm = Vm::start(
+        "measure",
+        &o.qemu,
+        &spec.socket,
+        &dir.join("vm"),
+        Duration::from_secs(90),
+    )
+    .map_err(tails)?;
+    let bytes = o.mib * 1024 * 1024;
+    let pid = b.pid();
+    let (c0, u0) = proc_cpu(pid)?;
+    let t0 = Instant::now();
+    let mut run = Run {
+        cpu_s: 0.0,
+        user_s: 0.0,
+        gib: 0.0,
+        g2h_mbps: Vec::new(),
+        h2g_mbps: Vec::new(),
+        wall_s: 0.0,
+    };
+    for i in 0..o.count {
+        let r = g2h(&mut vm, &spec.uds, 1235 + 2 * i, bytes, 100 + i as u64).map_err(tails)?;
+        run.g2h_mbps.push(r);
+        let r = h2g(&mut vm, &spec.uds, 5002 + 2 * i, bytes, 200 + i as u64).map_err(tails)?;
+        run.h2g_mbps.push(r);
+    }
+    let (c1, u1) = proc_cpu(pid)?;
+    run.wall_s = t0.elapsed().as_secs_f64();
+    run.cpu_s = c1 - c0;
+    run.user_s = u1 - u0;
+    run.gib = (2 * o.count as u64 * bytes) as f64 / (1u64 << 30) as f64;
+    vm.shutdown(Duration::from_secs(10));
+    if !b.alive() {
+        return Err(tails("backend exited".into()));
+    }
+    b.stop();
+    Ok(run)
+}
+
+/// Short name of a backend template: its program's file name.
+pub fn short_name(template: &str) -> String {
+    let prog = template.split_whitespace().next().unwrap_or("?");
+    Path::new(prog)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| prog.to_string())
+}
+
+/// Runs the interleaved rounds and prints one line per run and a summary. False on any failure.
+pub fn main(o: &MeasureOptions) -> bool {
+    let names: Vec<String> = o.backends.iter().map(|b| short_name(b)).collect();
+    for (n, b) in names.iter().zip(&o.backends) {
+        println!("measure: backend {n}: {b}");
+    }
+    println!(
+        "measure: {} round(s), per run {} × {} MiB guest→host and {} × {} MiB host→guest, -smp 1, \
+         CPU = backend utime+stime from /proc/<pid>/stat over the transfers (boot excluded)",
+        o.rounds, o.count, o.mib, o.count, o.mib
+    );
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); o.backends.len()];
+    let mut ok = true;
+    for round in 1..=o.rounds {
+        for (i, b) in o.backends.iter().enumerate() {
+            let dir = o.dir.join(format!("r{round}-b{i}"));
+            match one_run(o, b, &dir) {
+                Ok(r) => {
+                    println!(
+                        "measure: round {round} {:<20} CPU {:.2} s ({:.0} % user) for {:.2} GiB = {:.2} CPU-s/GiB; \
+                         g2h MB/s {}; h2g MB/s {}; wall {:.1} s",
+                        names[i],
+                        r.cpu_s,
+                        100.0 * r.user_s / r.cpu_s.max(1e-9),
+                        r.gib,
+                        r.cpu_per_gib(),
+                        r.g2h_mbps
+                            .iter()
+                            .map(|v| format!("{v:.1}"))
+                            .collect::<Vec<_>>()
+                            .join("/"),
+                        r.h2g_mbps
+                            .iter()
+                            .map(|v| format!("{v:.1}"))
+                            .collect::<Vec<_>>()
+                            .join("/"),
+                        r.wall_s
+                    );
+                    runs[i].push(r);
+                }
+                Err(e) => {
+                    ok = false;
+                    println!("measure: round {round} {} FAILED: {e}", names[i]);
+                }
+            }
+        }
+    }
+    println!("measure: summary (medians over runs; MB/s medians over all transfers, min–max)");
+    println!(
+        "  {:<20} {:>5} {:>12} {:>10} {:>22} {:>22}",
+        "backend", "runs", "CPU-s/GiB", "CPU-s/run", "g2h MB/s", "h2g MB/s"
+    );
+    for (i, rs) in runs.iter().enumerate() {
+        let per: Vec<f64> = rs.iter().map(Run::cpu_per_gib).collect();
+        let cpu: Vec<f64> = rs.iter().map(|r| r.cpu_s).collect();
+        let g: Vec<f64> = rs.iter().flat_map(|r| r.g2h_mbps.clone()).collect();
+        let h: Vec<f64> = rs.iter().flat_map(|r| r.h2g_mbps.clone()).collect();
+        let (glo, ghi) = range(&g);
+        let (hlo, hhi) = range(&h);
+        println!(
+            "  {:<20} {:>5} {:>12.2} {:>10.2} {:>22} {:>22}",
+            names[i],
+            rs.len(),
+            median(&per),
+            median(&cpu),
+            format!("{:.1} ({glo:.1}–{ghi:.1})", median(&g)),
+            format!("{:.1} ({hlo:.1}–{hhi:.1})", median(&h)),
+        );
+    }
+    ok
+}
