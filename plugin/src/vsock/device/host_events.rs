@@ -1,0 +1,290 @@
+//! Host-side events: hybrid clients and their CONNECT lines, readiness of host sockets, timers.
+
+use super::*;
+
+impl VsockDevice {
+    // ----- events -----------------------------------------------------------------------------
+
+    /// The hybrid listener is readable: accept every waiting host client.
+    pub fn accept_clients(&mut self, ep: &Epoll) {
+        loop {
+            match self.hybrid.accept() {
+                Ok((sock, _)) => {
+                    if sock.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let id = match self.clients.iter().position(Option::is_none) {
+                        Some(i) => i,
+                        None => {
+                            self.clients.push(None);
+                            self.clients.len() - 1
+                        }
+                    };
+                    let ev = EventSet::IN | EventSet::READ_HANG_UP;
+                    if let Err(e) = ep.ctl(
+                        ControlOperation::Add,
+                        sock.as_raw_fd(),
+                        EpollEvent::new(ev, token::host_client(id as u32)),
+                    ) {
+                        log::warn!("cannot watch host client: {e}");
+                        continue;
+                    }
+                    self.clients[id] = Some(PendingClient {
+                        sock,
+                        line: ConnectLine::default(),
+                        since: Instant::now(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("accept on {} failed: {e}", self.cfg.uds_path.display());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A host client that has not finished its CONNECT line sent something.
+    pub fn client_readable(&mut self, id: u32, ep: &Epoll, running: bool) {
+        let Some(Some(client)) = self.clients.get_mut(id as usize) else {
+            return;
+        };
+        let mut buf = [0u8; 256];
+        let state = match (&client.sock).read_some(&mut buf) {
+            Ok(0) => LineState::Invalid("client closed before sending a CONNECT line".into()),
+            Ok(n) => client.line.push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => LineState::Invalid(e.to_string()),
+        };
+        match state {
+            LineState::Incomplete => {}
+            LineState::Invalid(why) => {
+                log::info!("host client dropped: {why}");
+                self.clients[id as usize] = None;
+            }
+            LineState::Connect { port, rest } => {
+                let Some(client) = self.clients[id as usize].take() else {
+                    return;
+                };
+                self.host_connect(client.sock, port, rest, ep, running);
+            }
+        }
+    }
+
+    pub(super) fn host_connect(
+        &mut self,
+        sock: UnixStream,
+        guest_port: u32,
+        rest: Vec<u8>,
+        ep: &Epoll,
+        running: bool,
+    ) {
+        if !running {
+            log::info!(
+                "host connect to guest port {guest_port} refused: the device is not running"
+            );
+            return;
+        }
+        if self.conns.len() >= self.cfg.max_connections {
+            log::warn!(
+                "host connect to guest port {guest_port} refused: {} connections open",
+                self.conns.len()
+            );
+            return;
+        }
+        let Some(host_port) = self.allocate_local_port(guest_port) else {
+            log::warn!("no free local port for guest port {guest_port}");
+            return;
+        };
+        let key = ConnKey {
+            host_port,
+            guest_port,
+        };
+        let mut conn = Connection::new(
+            key,
+            kind::STREAM,
+            State::LocalInit {
+                since: Instant::now(),
+            },
+            None,
+            self.cfg.buf_alloc,
+        );
+        let ok_port = match self.cfg.ok_reply {
+            OkReply::GuestPort => guest_port,
+            OkReply::HostPort => host_port,
+        };
+        conn.ok_line = Some(format!("OK {ok_port}\n").into_bytes());
+        conn.host_initiated = true;
+        conn.rx_pending.extend(rest);
+        let slot = self.conns.insert(conn);
+        if !self.watch_host(ep, &sock, slot, ControlOperation::Modify) {
+            self.remove_conn(slot, "cannot watch the host socket");
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(slot) {
+            c.host = Some(sock);
+        }
+        self.queue_control(self.ends(key), kind::STREAM, Op::Request, 0);
+        self.stats.connections_opened += 1;
+    }
+
+    pub(super) fn allocate_local_port(&mut self, guest_port: u32) -> Option<u32> {
+        for _ in 0..(LOCAL_PORT_END - LOCAL_PORT_FIRST) {
+            let p = self.next_local_port;
+            self.next_local_port = if p + 1 >= LOCAL_PORT_END {
+                LOCAL_PORT_FIRST
+            } else {
+                p + 1
+            };
+            if !self.conns.contains(&ConnKey {
+                host_port: p,
+                guest_port,
+            }) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    pub(super) fn watch_host(
+        &self,
+        ep: &Epoll,
+        sock: &UnixStream,
+        slot: u32,
+        op: ControlOperation,
+    ) -> bool {
+        let ev = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        let res = ep.ctl(
+            op,
+            sock.as_raw_fd(),
+            EpollEvent::new(ev, token::host_conn(slot)),
+        );
+        if let Err(e) = res {
+            log::warn!("cannot watch host socket: {e}");
+            return false;
+        }
+        true
+    }
+
+    /// Readiness of a connection's host socket changed.
+    pub fn host_event(&mut self, slot: u32, events: EventSet) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if events
+            .intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
+        {
+            conn.host_readable = true;
+        }
+        if events.contains(EventSet::HANG_UP) {
+            conn.host_hup = true;
+        }
+        if events.contains(EventSet::OUT) {
+            conn.host_writable = true;
+        }
+        // Host closed outright after an earlier half-close: the guest must learn RCV too.
+        if conn.host_hup
+            && conn.host_eof
+            && conn.host_shut_sent & shutdown::RCV == 0
+            && conn.is_established()
+        {
+            conn.state = State::Closing {
+                since: Instant::now(),
+            };
+            let key = conn.key;
+            let k = conn.kind;
+            conn.host_shut_sent = shutdown::BOTH;
+            self.queue_control(self.ends(key), k, Op::Shutdown, shutdown::BOTH);
+        }
+        if events.contains(EventSet::OUT) {
+            self.flush_host(slot);
+        }
+        self.mark_rx(slot);
+    }
+
+    pub(super) fn flush_host(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if let Err(e) = conn.flush_tx() {
+            log::info!("host socket of {:?} failed: {e}", conn.key);
+            self.reset_conn(slot);
+            return;
+        }
+        conn.propagate_guest_shutdown();
+        let closing_done = conn.guest_shut == shutdown::BOTH && conn.tx_queue.is_empty();
+        let update = conn.credit.update_worthwhile();
+        let (key, k) = (conn.key, conn.kind);
+        if closing_done {
+            self.reset_conn(slot);
+        } else if update {
+            self.queue_credit_update(slot, key, k);
+        }
+    }
+
+    /// Periodic work: timeouts and retries. Returns whether anything is still timed.
+    pub fn on_tick(&mut self, ep: &Epoll) -> bool {
+        let now = Instant::now();
+        for c in self.clients.iter_mut() {
+            if c.as_ref()
+                .is_some_and(|c| now.duration_since(c.since) >= self.cfg.connect_line_timeout)
+            {
+                log::info!(
+                    "host client sent no CONNECT line within {:?}; closing it",
+                    self.cfg.connect_line_timeout
+                );
+                *c = None;
+            }
+        }
+        let mut timed = self.clients.iter().any(Option::is_some);
+        for slot in self.conns.slots_from(0) {
+            let Some(conn) = self.conns.get(slot) else {
+                continue;
+            };
+            match conn.state {
+                State::LocalInit { since } | State::PeerInit { since }
+                    if now.duration_since(since) >= self.cfg.connect_timeout =>
+                {
+                    log::info!(
+                        "connection {:?} not established within {:?}; reset",
+                        conn.key,
+                        self.cfg.connect_timeout
+                    );
+                    self.reset_conn(slot);
+                }
+                State::Closing { since }
+                    if now.duration_since(since) >= self.cfg.shutdown_timeout =>
+                {
+                    log::info!(
+                        "connection {:?} not closed within {:?}; reset",
+                        conn.key,
+                        self.cfg.shutdown_timeout
+                    );
+                    self.reset_conn(slot);
+                }
+                State::PeerInit { .. } => {
+                    timed = true;
+                    if !conn.route_pending {
+                        self.retry_host_connect(slot, ep);
+                    }
+                }
+                State::LocalInit { .. } | State::Closing { .. } => timed = true,
+                State::Established => {}
+            }
+        }
+        timed
+    }
+}
+
+/// `read_some` for `&UnixStream` without pulling `Read` into every caller.
+pub(super) trait ReadSome {
+    fn read_some(self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl ReadSome for &UnixStream {
+    fn read_some(self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::io::Read;
+        let mut s = self;
+        s.read(buf)
+    }
+}

@@ -1,0 +1,388 @@
+//! The vsock device of one VM: it moves packets between the guest's virtqueues and host
+//! connections (hybrid Unix sockets) or sibling VMs.
+//!
+//! Queue rules:
+//! - tx (guest → device): every chain is returned to the used ring with length 0, whatever its
+//!   fate; a malformed packet is dropped with a log line (and an RST when it names a connection).
+//!   A chain with descriptors outside guest memory breaks the queue (see `Vring`). The tx queue is
+//!   paused, never dropped, when the rx side is backed up (control backlog, full sibling inbox).
+//! - rx (device → guest): control packets first (they are small and unblock the guest), then
+//!   sibling packets, then connection data round-robin. A packet never exceeds the guest's buffer
+//!   nor its credit; an rx chain is taken only when something is ready to go into it.
+//! - event: TRANSPORT_RESET is posted when the event queue starts after the device lost its
+//!   connections (reset or a new frontend), so the guest resets its sockets.
+//! - While a ring is disabled it is not processed at all (tx chains stay in the ring until enable).
+//!
+//! Here: the device's state and its control-plane hooks. [`tx`] handles guest packets,
+//! [`rx`] fills the rx and event queues, [`host_events`] reacts to host sockets, hybrid clients
+//! and timers, [`socket_io`] moves bytes between host sockets and guest buffers.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vm_memory::Permissions;
+
+use crate::iotlb::DeviceMemory;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::conn_table::ConnTable;
+use super::connection::{ConnKey, Connection, State};
+use super::packet::{kind, seq, shutdown, Endpoints, Op, PacketHeader, HEADER_SIZE, HOST_CID};
+use crate::config::OkReply;
+use crate::host::connect_line::{ConnectLine, LineState};
+use crate::host::route::{ConnectionEvents, HostRoute, RouteRequests};
+use crate::host::sibling::{Delivery, SiblingPort, SiblingRouter};
+use crate::host::unix::{self, Connect};
+use crate::vhost_user::features::{EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
+use crate::virtqueue::chain::ChainBuffers;
+use crate::virtqueue::vring::Vring;
+use crate::worker::token;
+
+mod host_events;
+mod rx;
+mod socket_io;
+mod tx;
+
+use socket_io::*;
+
+/// Largest payload of one packet we build (the virtio-vsock maximum, 64 KiB).
+pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;
+/// Control packets waiting for rx buffers before the tx queue pauses.
+const CONTROL_BACKLOG: usize = 1024;
+/// First host-side port for host-initiated connections (Firecracker's range, 2^30 .. 2^31).
+const LOCAL_PORT_FIRST: u32 = 1 << 30;
+const LOCAL_PORT_END: u32 = 1 << 31;
+/// Event id of VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
+const EVENT_TRANSPORT_RESET: u32 = 0;
+
+/// Settings the device needs from the VM's configuration.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+    pub buf_alloc: u32,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub connect_line_timeout: Duration,
+    pub ok_reply: OkReply,
+}
+
+/// The rings and memory of the current frontend session, lent to the device for one operation.
+pub struct Rings<'a> {
+    pub mem: &'a DeviceMemory,
+    pub vrings: &'a mut [Vring],
+}
+
+/// A header-only packet waiting for an rx buffer. Credit fields are filled when it is sent.
+#[derive(Debug, Clone, Copy)]
+struct Control {
+    ends: Endpoints,
+    kind: u16,
+    op: Op,
+    flags: u32,
+}
+
+/// A host client on `<uds-path>` that has not sent its CONNECT line yet.
+struct PendingClient {
+    sock: UnixStream,
+    line: ConnectLine,
+    since: Instant,
+}
+
+/// Counters, logged at reset and useful in tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+    pub dropped_packets: u64,
+    pub rst_sent: u64,
+    pub connections_opened: u64,
+}
+
+pub struct VsockDevice {
+    cfg: DeviceConfig,
+    conns: ConnTable,
+    control: VecDeque<Control>,
+    clients: Vec<Option<PendingClient>>,
+    hybrid: std::os::unix::net::UnixListener,
+    next_local_port: u32,
+    /// Connections that may have host data for the guest, in round-robin order.
+    rx_ready: VecDeque<u32>,
+    seqpacket: bool,
+    transport_reset_pending: bool,
+    ever_started: bool,
+    tx_paused: bool,
+    router: Arc<SiblingRouter>,
+    sibling: Arc<SiblingPort>,
+    pub stats: Stats,
+    iov: IovecScratch,
+    /// Set when a control plane decides where guest connections go.
+    host_router: Option<Box<dyn RouteRequests>>,
+    events: Option<Box<dyn ConnectionEvents>>,
+}
+
+/// One connection as status reports show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnSnapshot {
+    pub key: ConnKey,
+    pub state: State,
+    pub host_initiated: bool,
+    pub via_service: bool,
+    pub bytes_from_guest: u64,
+    pub bytes_to_guest: u64,
+    pub buf_alloc: u32,
+    pub fwd_cnt: u32,
+    pub peer_buf_alloc: u32,
+    pub peer_fwd_cnt: u32,
+}
+
+enum TxOutcome {
+    Done,
+    /// Leave the chain in the ring and stop processing tx for now.
+    Backpressure,
+}
+
+impl VsockDevice {
+    pub fn new(
+        cfg: DeviceConfig,
+        hybrid: std::os::unix::net::UnixListener,
+        router: Arc<SiblingRouter>,
+        sibling: Arc<SiblingPort>,
+    ) -> VsockDevice {
+        VsockDevice {
+            cfg,
+            conns: ConnTable::default(),
+            control: VecDeque::new(),
+            clients: Vec::new(),
+            hybrid,
+            next_local_port: LOCAL_PORT_FIRST,
+            rx_ready: VecDeque::new(),
+            seqpacket: false,
+            transport_reset_pending: false,
+            ever_started: false,
+            tx_paused: false,
+            router,
+            sibling,
+            stats: Stats::default(),
+            iov: IovecScratch::default(),
+            host_router: None,
+            events: None,
+        }
+    }
+
+    /// Attaches a control plane: routing of guest connections and connection events.
+    pub fn attach_control(
+        &mut self,
+        router: Box<dyn RouteRequests>,
+        events: Box<dyn ConnectionEvents>,
+    ) {
+        self.host_router = Some(router);
+        self.events = Some(events);
+    }
+
+    pub fn snapshot(&self) -> Vec<ConnSnapshot> {
+        self.conns
+            .iter()
+            .map(|c| ConnSnapshot {
+                key: c.key,
+                state: c.state,
+                host_initiated: c.host_initiated,
+                via_service: c.via_service,
+                bytes_from_guest: c.bytes_from_guest,
+                bytes_to_guest: c.bytes_to_guest,
+                buf_alloc: c.credit.buf_alloc,
+                fwd_cnt: c.credit.fwd_cnt,
+                peer_buf_alloc: c.credit.peer_buf_alloc,
+                peer_fwd_cnt: c.credit.peer_fwd_cnt,
+            })
+            .collect()
+    }
+
+    /// Resets one connection on request (control plane); false if there is none.
+    pub fn reset_connection(&mut self, key: ConnKey) -> bool {
+        match self.conns.slot_of(&key) {
+            Some(slot) => {
+                self.reset_conn_because(slot, "reset by the control plane");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The control plane answered where a guest connection goes.
+    pub fn apply_route(&mut self, key: ConnKey, route: HostRoute, ep: &Epoll) {
+        let Some(slot) = self.conns.slot_of(&key) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if !conn.route_pending {
+            return;
+        }
+        conn.route_pending = false;
+        match route {
+            HostRoute::Unix => self.retry_host_connect(slot, ep),
+            HostRoute::Deny(reason) => {
+                log::info!("guest connect to port {} denied: {reason}", key.host_port);
+                self.reset_conn_because(slot, &reason);
+            }
+            HostRoute::Stream(sock) => {
+                let want = if conn.is_seqpacket() {
+                    libc::SOCK_SEQPACKET
+                } else {
+                    libc::SOCK_STREAM
+                };
+                let ok = unix::socket_type(&sock).is_ok_and(|t| t == want)
+                    && sock.set_nonblocking(true).is_ok();
+                if !ok || !self.watch_host(ep, &sock, slot, ControlOperation::Add) {
+                    self.reset_conn_because(slot, "the host service's socket has the wrong type");
+                    return;
+                }
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.via_service = true;
+                    conn.host = Some(sock);
+                }
+                self.established(slot);
+            }
+        }
+    }
+
+    /// A guest-initiated connection reached its host end: RESPONSE to the guest.
+    fn established(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.state = State::Established;
+        let (key, k, hi, vs) = (conn.key, conn.kind, conn.host_initiated, conn.via_service);
+        if !hi {
+            self.queue_control(self.ends(key), k, Op::Response, 0);
+        }
+        if let Some(ev) = &self.events {
+            ev.opened(key, hi, vs);
+        }
+    }
+
+    /// The one place connections leave the table (events see every close).
+    fn remove_conn(&mut self, slot: u32, reason: &str) -> Option<Connection> {
+        let conn = self.conns.remove(slot)?;
+        if let Some(ev) = &self.events {
+            ev.closed(conn.key, reason);
+        }
+        Some(conn)
+    }
+
+    pub fn hybrid_listener(&self) -> &std::os::unix::net::UnixListener {
+        &self.hybrid
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Features were negotiated: remember whether SEQPACKET is on.
+    pub fn set_seqpacket(&mut self, on: bool) {
+        self.seqpacket = on;
+    }
+
+    /// The device lost its guest-visible state (RESET_DEVICE, frontend gone): close every host
+    /// connection (their peers see EOF) and tell the guest at the next start.
+    pub fn reset(&mut self) {
+        let dropped = self.conns.drain();
+        if !dropped.is_empty() {
+            log::info!("device reset: closing {} connection(s)", dropped.len());
+        }
+        if let Some(ev) = &self.events {
+            for c in &dropped {
+                ev.closed(c.key, "device reset");
+            }
+        }
+        self.control.clear();
+        self.tx_paused = false;
+        self.sibling.set_running(false);
+        if self.ever_started {
+            self.transport_reset_pending = true;
+        }
+    }
+
+    pub fn set_running(&mut self, on: bool) {
+        self.sibling.set_running(on);
+        if on {
+            self.ever_started = true;
+        }
+    }
+
+    // ----- helpers ------------------------------------------------------------------------------
+
+    /// Endpoints of a host connection, from the device's (host's) side.
+    fn ends(&self, key: ConnKey) -> Endpoints {
+        host_ends(self.cfg.guest_cid, key)
+    }
+
+    fn queue_control(&mut self, ends: Endpoints, kind: u16, op: Op, flags: u32) {
+        self.control.push_back(Control {
+            ends,
+            kind,
+            op,
+            flags,
+        });
+    }
+
+    fn queue_credit_update(&mut self, slot: u32, key: ConnKey, k: u16) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            // The update will carry the fwd_cnt current at send time; mark it as told now so
+            // a burst of data does not queue one update per packet.
+            conn.credit.fwd_cnt_sent = conn.credit.fwd_cnt;
+        }
+        self.queue_control(self.ends(key), k, Op::CreditUpdate, 0);
+    }
+
+    /// Answers a guest packet with RST (never an RST with an RST).
+    fn reply_rst(&mut self, hdr: &PacketHeader) {
+        if hdr.op() == Some(Op::Rst) {
+            return;
+        }
+        self.stats.rst_sent += 1;
+        let kind = if hdr.kind() == kind::SEQPACKET {
+            kind::SEQPACKET
+        } else {
+            kind::STREAM
+        };
+        self.queue_control(hdr.endpoints().reversed(), kind, Op::Rst, 0);
+    }
+
+    /// Ends a connection: RST to the guest, host socket closed.
+    fn reset_conn(&mut self, slot: u32) {
+        self.reset_conn_because(slot, "reset");
+    }
+
+    fn reset_conn_because(&mut self, slot: u32, reason: &str) {
+        if let Some(conn) = self.remove_conn(slot, reason) {
+            self.stats.rst_sent += 1;
+            self.queue_control(self.ends(conn.key), conn.kind, Op::Rst, 0);
+        }
+    }
+}
+
+fn host_ends(guest_cid: u64, key: ConnKey) -> Endpoints {
+    Endpoints {
+        src_cid: HOST_CID,
+        src_port: key.host_port,
+        dst_cid: guest_cid,
+        dst_port: key.guest_port,
+    }
+}
+
+/// Reusable iovec storage for one `readv`/`writev` at a time.
+#[derive(Default)]
+struct IovecScratch(Vec<libc::iovec>);
+
+// SAFETY: the pointers are only written and used within one call on the owning thread; they are
+// never dereferenced after the call that filled them, so moving the (stale) storage is harmless.
+unsafe impl Send for IovecScratch {}

@@ -1,0 +1,285 @@
+//! The rx and event queues: control packets, sibling packets and host data to the guest.
+
+use super::*;
+
+impl VsockDevice {
+    // ----- rx: device → guest ------------------------------------------------------------------
+
+    /// Fills rx buffers with whatever is ready: control packets, sibling packets, host data.
+    pub fn process_rx(&mut self, rings: &mut Rings) {
+        let mem = rings.mem;
+        if !rings.vrings[RX_QUEUE].is_ready() {
+            return;
+        }
+        let mut used_any = false;
+        loop {
+            if self.control.is_empty() && !self.sibling.has_packets() && self.rx_ready.is_empty() {
+                break;
+            }
+            let Some(chain) = rings.vrings[RX_QUEUE].pop(mem) else {
+                // Out of buffers: ask for a kick when the guest adds some. With EVENT_IDX the
+                // guest may have added buffers before it saw the request: then go on now.
+                if rings.vrings[RX_QUEUE].enable_notification(mem) {
+                    continue;
+                }
+                break;
+            };
+            if chain.writable.len() < HEADER_SIZE {
+                log::warn!(
+                    "rx buffer of {} bytes cannot hold a header; returned unused",
+                    chain.writable.len()
+                );
+                rings.vrings[RX_QUEUE].add_used(mem, chain.head, 0);
+                used_any = true;
+                continue;
+            }
+            let written = if let Some(c) = self.control.pop_front() {
+                Some(self.write_control(c, &chain, mem))
+            } else if let Some(packet) = self.sibling.pop() {
+                self.write_sibling(packet, &chain, mem)
+            } else {
+                self.write_conn_data(&chain, mem)
+            };
+            match written {
+                Some(n) => {
+                    rings.vrings[RX_QUEUE].add_used(mem, chain.head, n as u32);
+                    self.stats.rx_packets += 1;
+                    used_any = true;
+                }
+                None => {
+                    // Nothing was there after all (EAGAIN, EOF, no credit): give the buffer
+                    // back. Control packets that came out of it (SHUTDOWN, CREDIT_REQUEST) go
+                    // next; otherwise wait for the next event.
+                    rings.vrings[RX_QUEUE].unpop();
+                    if self.control.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        if used_any {
+            rings.vrings[RX_QUEUE].notify(mem);
+        }
+    }
+
+    /// Whether rx work is waiting (for the worker's decision to re-run tx after rx drained).
+    pub fn rx_backlog(&self) -> usize {
+        self.control.len()
+    }
+
+    /// Puts `slot` in the rx ready queue if it has host data for the guest.
+    pub(super) fn mark_rx(&mut self, slot: u32) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if !conn.rx_queued && conn.has_rx_data() {
+                conn.rx_queued = true;
+                self.rx_ready.push_back(slot);
+            }
+        }
+    }
+
+    pub(super) fn write_control(
+        &mut self,
+        c: Control,
+        chain: &ChainBuffers,
+        mem: &DeviceMemory,
+    ) -> usize {
+        let mut hdr = PacketHeader::new(c.ends, c.kind, c.op);
+        hdr.set_flags(c.flags);
+        let key = ConnKey {
+            host_port: c.ends.src_port,
+            guest_port: c.ends.dst_port,
+        };
+        if let Some(conn) = self.conns.slot_of(&key).and_then(|s| self.conns.get_mut(s)) {
+            hdr.set_buf_alloc(conn.credit.buf_alloc)
+                .set_fwd_cnt(conn.credit.fwd_cnt);
+            conn.credit.fwd_cnt_sent = conn.credit.fwd_cnt;
+        }
+        if chain.writable.write_at(mem, 0, &hdr.to_bytes()).is_err() {
+            return 0;
+        }
+        HEADER_SIZE
+    }
+
+    /// Relays a sibling packet. One larger than the buffer (Linux posts 4 KiB rx buffers, a
+    /// 6.12 guest sends 64 KiB packets) is split: the rest goes back to the front of the inbox
+    /// with its own header, and SEQPACKET EOM/EOR stay on the last piece.
+    pub(super) fn write_sibling(
+        &mut self,
+        mut packet: Vec<u8>,
+        chain: &ChainBuffers,
+        mem: &DeviceMemory,
+    ) -> Option<usize> {
+        let room = chain.writable.len();
+        if packet.len() > room {
+            let mut raw = [0u8; HEADER_SIZE];
+            raw.copy_from_slice(&packet[..HEADER_SIZE]);
+            let hdr = PacketHeader::from_bytes(&raw);
+            if hdr.op() != Some(Op::Rw) {
+                // Header-only packets always fit a buffer that holds a header.
+                return None;
+            }
+            let take = room - HEADER_SIZE;
+            let mut first = hdr;
+            first
+                .set_len(take as u32)
+                .set_flags(hdr.flags() & !(seq::EOM | seq::EOR));
+            let mut rest_hdr = hdr;
+            rest_hdr.set_len((packet.len() - HEADER_SIZE - take) as u32);
+            let mut rest = rest_hdr.to_bytes().to_vec();
+            rest.extend_from_slice(&packet[HEADER_SIZE + take..]);
+            self.sibling.unpop(rest);
+            packet.truncate(HEADER_SIZE + take);
+            packet[..HEADER_SIZE].copy_from_slice(&first.to_bytes());
+        }
+        chain.writable.write_at(mem, 0, &packet).ok()?;
+        Some(packet.len())
+    }
+
+    /// Puts host data of the next ready connection into `chain`. None: nothing was produced
+    /// (the chain is given back). Connections without credit leave the queue after asking for
+    /// credit once; the guest's next packet for them puts them back.
+    pub(super) fn write_conn_data(
+        &mut self,
+        chain: &ChainBuffers,
+        mem: &DeviceMemory,
+    ) -> Option<usize> {
+        while let Some(slot) = self.rx_ready.pop_front() {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            conn.rx_queued = false;
+            if !conn.has_rx_data() {
+                continue;
+            }
+            if conn.credit.peer_free() == 0 {
+                if !conn.credit_requested {
+                    conn.credit_requested = true;
+                    let (key, k) = (conn.key, conn.kind);
+                    self.queue_control(self.ends(key), k, Op::CreditRequest, 0);
+                }
+                continue;
+            }
+            if let Some(n) = self.fill_from_conn(slot, chain, mem) {
+                self.mark_rx(slot);
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    pub(super) fn fill_from_conn(
+        &mut self,
+        slot: u32,
+        chain: &ChainBuffers,
+        mem: &DeviceMemory,
+    ) -> Option<usize> {
+        let conn = self.conns.get_mut(slot)?;
+        if !conn.has_rx_data() {
+            return None;
+        }
+        let room = (chain.writable.len() - HEADER_SIZE)
+            .min(MAX_PKT_PAYLOAD)
+            .min(conn.credit.peer_free() as usize);
+        if room == 0 {
+            return None;
+        }
+        if conn.rx_pending.is_empty() && conn.is_seqpacket() {
+            if let Err(e) = read_host_message(conn) {
+                log::info!("host side of {:?} failed: {e}; reset", conn.key);
+                self.reset_conn(slot);
+                return None;
+            }
+        }
+        let (n, flags) = if !conn.rx_pending.is_empty() {
+            let n = room.min(conn.rx_pending.len());
+            let bytes: Vec<u8> = conn.rx_pending.drain(..n).collect();
+            chain.writable.write_at(mem, HEADER_SIZE, &bytes).ok()?;
+            let flags = if conn.rx_pending.is_empty() {
+                std::mem::take(&mut conn.rx_pending_eom)
+            } else {
+                0
+            };
+            (n, flags)
+        } else if conn.is_seqpacket() {
+            // read_host_message found nothing (EAGAIN or EOF).
+            return self.after_empty_read(slot);
+        } else {
+            match read_stream(conn, chain, mem, room, &mut self.iov.0) {
+                Ok(0) => {
+                    conn.host_eof = true;
+                    return self.after_empty_read(slot);
+                }
+                Ok(n) => (n, 0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.host_readable = false;
+                    return None;
+                }
+                Err(e) => {
+                    log::info!("host socket of {:?} failed: {e}; reset", conn.key);
+                    self.reset_conn(slot);
+                    return None;
+                }
+            }
+        };
+        let mut hdr = PacketHeader::new(host_ends(self.cfg.guest_cid, conn.key), conn.kind, Op::Rw);
+        hdr.set_len(n as u32)
+            .set_flags(flags)
+            .set_buf_alloc(conn.credit.buf_alloc)
+            .set_fwd_cnt(conn.credit.fwd_cnt);
+        conn.credit.fwd_cnt_sent = conn.credit.fwd_cnt;
+        conn.credit.rx_cnt = conn.credit.rx_cnt.wrapping_add(n as u32);
+        conn.bytes_to_guest += n as u64;
+        chain.writable.write_at(mem, 0, &hdr.to_bytes()).ok()?;
+        Some(HEADER_SIZE + n)
+    }
+
+    /// The host socket had nothing: EAGAIN (wait for the next edge) or EOF (tell the guest).
+    pub(super) fn after_empty_read(&mut self, slot: u32) -> Option<usize> {
+        let conn = self.conns.get_mut(slot)?;
+        if !conn.host_eof {
+            conn.host_readable = false;
+            return None;
+        }
+        conn.host_readable = false;
+        let flags = if conn.host_hup {
+            shutdown::BOTH
+        } else {
+            shutdown::SEND
+        };
+        if conn.host_shut_sent & flags != flags {
+            conn.host_shut_sent |= flags;
+            if flags == shutdown::BOTH {
+                conn.state = State::Closing {
+                    since: Instant::now(),
+                };
+            }
+            let (key, k) = (conn.key, conn.kind);
+            self.queue_control(self.ends(key), k, Op::Shutdown, flags);
+        }
+        None
+    }
+
+    /// Posts TRANSPORT_RESET on the event queue if one is owed.
+    pub fn process_event(&mut self, rings: &mut Rings) {
+        if !self.transport_reset_pending {
+            return;
+        }
+        let mem = rings.mem;
+        let Some(chain) = rings.vrings[EVENT_QUEUE].pop(mem) else {
+            return;
+        };
+        let id = EVENT_TRANSPORT_RESET.to_le_bytes();
+        if chain.writable.len() < id.len() || chain.writable.write_at(mem, 0, &id).is_err() {
+            log::warn!(
+                "event buffer of {} bytes cannot hold an event",
+                chain.writable.len()
+            );
+            rings.vrings[EVENT_QUEUE].add_used(mem, chain.head, 0);
+        } else {
+            rings.vrings[EVENT_QUEUE].add_used(mem, chain.head, id.len() as u32);
+            self.transport_reset_pending = false;
+            log::info!("posted TRANSPORT_RESET to guest {}", self.cfg.guest_cid);
+        }
+        rings.vrings[EVENT_QUEUE].notify(mem);
+    }
+}

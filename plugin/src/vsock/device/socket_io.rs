@@ -1,0 +1,132 @@
+//! Moving bytes between host sockets and guest buffers: vectored I/O straight from and into
+//! guest memory (no copy), and whole SEQPACKET messages.
+
+use super::*;
+
+/// Guest → host stream data: straight from guest memory to the socket when it is writable and
+/// nothing is queued ahead; what the socket does not take is copied into the connection's queue.
+pub(super) fn write_stream(
+    conn: &mut Connection,
+    chain: &ChainBuffers,
+    mem: &DeviceMemory,
+    len: usize,
+    iov: &mut Vec<libc::iovec>,
+) -> io::Result<()> {
+    let mut done = 0usize;
+    if conn.tx_queue.is_empty() && conn.host_writable && len > 0 {
+        if let Some(sock) = conn.host.as_ref() {
+            chain
+                .readable
+                .iovecs(mem, HEADER_SIZE, len, Permissions::Read, iov)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            // SAFETY: the iovecs point into guest memory that `mem` keeps mapped for this call.
+            let n = unsafe { writev_nosignal(sock.as_raw_fd(), iov) };
+            match n {
+                Ok(n) => done = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.host_writable = false,
+                Err(e) => return Err(e),
+            }
+            conn.credit.fwd_cnt = conn.credit.fwd_cnt.wrapping_add(done as u32);
+        }
+    }
+    if done < len {
+        conn.host_writable = false;
+        let mut rest = vec![0u8; len - done];
+        chain
+            .readable
+            .read_at(mem, HEADER_SIZE + done, &mut rest)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        conn.tx_queue.push(rest);
+    }
+    Ok(())
+}
+
+/// `writev` via `sendmsg(MSG_NOSIGNAL)`.
+///
+/// # Safety
+/// Every iovec must describe readable memory that stays valid for the call.
+pub(super) unsafe fn writev_nosignal(fd: i32, iov: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: zeroed msghdr is valid; iov is valid per the caller.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    loop {
+        // SAFETY: msg references valid iovecs.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Host → guest stream data: `readv` straight into the rx buffer after the header.
+pub(super) fn read_stream(
+    conn: &mut Connection,
+    chain: &ChainBuffers,
+    mem: &DeviceMemory,
+    room: usize,
+    iov: &mut Vec<libc::iovec>,
+) -> io::Result<usize> {
+    let Some(sock) = conn.host.as_ref() else {
+        return Ok(0);
+    };
+    chain
+        .writable
+        .iovecs(mem, HEADER_SIZE, room, Permissions::Write, iov)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    loop {
+        // SAFETY: the iovecs describe writable guest memory kept mapped by `mem` for this call.
+        let n = unsafe { libc::readv(sock.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Host → guest SEQPACKET: takes one whole message into `rx_pending` (sent as one or more RW
+/// packets, EOM|EOR on the last). A message larger than our buffer is a host error (reset).
+pub(super) fn read_host_message(conn: &mut Connection) -> io::Result<()> {
+    let Some(sock) = conn.host.as_ref() else {
+        return Ok(());
+    };
+    let mut buf = vec![0u8; conn.credit.buf_alloc as usize];
+    // SAFETY: buf is valid for buf.len() bytes.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_TRUNC,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            conn.host_readable = false;
+            return Ok(());
+        }
+        return Err(e);
+    }
+    let n = n as usize;
+    if n == 0 {
+        conn.host_eof = true;
+        return Ok(());
+    }
+    if n > buf.len() {
+        return Err(io::Error::other(format!(
+            "host message of {n} bytes exceeds the {}-byte buffer",
+            buf.len()
+        )));
+    }
+    conn.rx_pending.extend(&buf[..n]);
+    conn.rx_pending_eom = seq::EOM | seq::EOR;
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! The tx queue: packets from the guest, to host connections or sibling VMs.
+
+use super::*;
+
+impl VsockDevice {
+    // ----- tx: guest → device ------------------------------------------------------------------
+
+    /// Processes the tx queue until it is empty or back-pressured.
+    pub fn process_tx(&mut self, rings: &mut Rings, ep: &Epoll) {
+        let mem = rings.mem;
+        loop {
+            let tx = &mut rings.vrings[TX_QUEUE];
+            if !tx.is_ready() {
+                return;
+            }
+            tx.disable_notification(mem);
+            let mut used_any = false;
+            self.tx_paused = false;
+            loop {
+                if self.control.len() >= CONTROL_BACKLOG {
+                    self.tx_paused = true;
+                    break;
+                }
+                let Some(chain) = rings.vrings[TX_QUEUE].pop(mem) else {
+                    break;
+                };
+                match self.handle_tx_chain(&chain, mem, ep) {
+                    TxOutcome::Done => {
+                        rings.vrings[TX_QUEUE].add_used(mem, chain.head, 0);
+                        used_any = true;
+                    }
+                    TxOutcome::Backpressure => {
+                        rings.vrings[TX_QUEUE].unpop();
+                        self.tx_paused = true;
+                        break;
+                    }
+                }
+            }
+            let tx = &mut rings.vrings[TX_QUEUE];
+            if used_any {
+                tx.notify(mem);
+            }
+            if self.tx_paused || !tx.enable_notification(mem) {
+                return;
+            }
+        }
+    }
+
+    pub fn tx_paused(&self) -> bool {
+        self.tx_paused
+    }
+
+    pub(super) fn handle_tx_chain(
+        &mut self,
+        chain: &ChainBuffers,
+        mem: &DeviceMemory,
+        ep: &Epoll,
+    ) -> TxOutcome {
+        self.stats.tx_packets += 1;
+        let mut raw = [0u8; HEADER_SIZE];
+        if chain.readable.len() < HEADER_SIZE || chain.readable.read_at(mem, 0, &mut raw).is_err() {
+            log::warn!(
+                "tx packet of {} bytes is shorter than a header; dropped",
+                chain.readable.len()
+            );
+            self.stats.dropped_packets += 1;
+            return TxOutcome::Done;
+        }
+        let hdr = PacketHeader::from_bytes(&raw);
+        let len = hdr.len() as usize;
+        if hdr.src_cid() != self.cfg.guest_cid {
+            log::warn!(
+                "tx packet with src_cid {} from guest {}; dropped",
+                hdr.src_cid(),
+                self.cfg.guest_cid
+            );
+            self.stats.dropped_packets += 1;
+            return TxOutcome::Done;
+        }
+        if len > MAX_PKT_PAYLOAD.max(self.cfg.buf_alloc as usize)
+            || len > chain.readable.len() - HEADER_SIZE
+        {
+            log::warn!(
+                "tx packet claims {len} payload bytes but carries {}; reset",
+                chain.readable.len() - HEADER_SIZE
+            );
+            self.stats.dropped_packets += 1;
+            self.reply_rst(&hdr);
+            return TxOutcome::Done;
+        }
+        let Some(op) = hdr.op() else {
+            log::warn!("tx packet with unknown op {}; reset", hdr.op_raw());
+            self.reply_rst(&hdr);
+            return TxOutcome::Done;
+        };
+        let type_ok =
+            hdr.kind() == kind::STREAM || (hdr.kind() == kind::SEQPACKET && self.seqpacket);
+        if !type_ok {
+            log::info!(
+                "tx packet with socket type {} not supported; reset",
+                hdr.kind()
+            );
+            self.reply_rst(&hdr);
+            return TxOutcome::Done;
+        }
+        match hdr.dst_cid() {
+            HOST_CID => {
+                self.handle_host_packet(&hdr, op, chain, mem, ep);
+                TxOutcome::Done
+            }
+            dst => {
+                let mut packet = vec![0u8; HEADER_SIZE + len];
+                if chain.readable.read_at(mem, 0, &mut packet).is_err() {
+                    return TxOutcome::Done;
+                }
+                match self.router.deliver(&self.sibling, dst, packet) {
+                    Delivery::Delivered => TxOutcome::Done,
+                    Delivery::Full => TxOutcome::Backpressure,
+                    Delivery::Unreachable => {
+                        log::debug!("no reachable sibling with CID {dst}");
+                        self.reply_rst(&hdr);
+                        TxOutcome::Done
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_host_packet(
+        &mut self,
+        hdr: &PacketHeader,
+        op: Op,
+        chain: &ChainBuffers,
+        mem: &DeviceMemory,
+        ep: &Epoll,
+    ) {
+        let key = ConnKey {
+            host_port: hdr.dst_port(),
+            guest_port: hdr.src_port(),
+        };
+        let Some(slot) = self.conns.slot_of(&key) else {
+            match op {
+                Op::Request => self.guest_connect(hdr, key, ep),
+                Op::Rst => {}
+                _ => {
+                    log::debug!("{op:?} for unknown connection {key:?}; reset");
+                    self.reply_rst(hdr);
+                }
+            }
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.kind != hdr.kind() {
+            log::warn!("connection {key:?} changed socket type; reset");
+            self.reset_conn(slot);
+            return;
+        }
+        conn.credit.update_from_peer(hdr.buf_alloc(), hdr.fwd_cnt());
+        if conn.credit.peer_free() > 0 {
+            conn.credit_requested = false;
+        }
+        match op {
+            Op::Request => {
+                log::warn!("duplicate REQUEST for {key:?}; reset");
+                self.reset_conn(slot);
+            }
+            Op::Response => self.guest_accepted(slot),
+            Op::Rw => self.guest_data(slot, hdr, chain, mem),
+            Op::CreditUpdate => {}
+            Op::CreditRequest => {
+                let k = conn.kind;
+                self.queue_credit_update(slot, key, k);
+            }
+            Op::Shutdown => self.guest_shutdown(slot, hdr.flags()),
+            Op::Rst => {
+                log::debug!("guest reset {key:?}");
+                self.remove_conn(slot, "reset by the guest");
+            }
+        }
+        // Any guest packet may have opened credit or established the connection.
+        self.mark_rx(slot);
+    }
+
+    pub(super) fn guest_connect(&mut self, hdr: &PacketHeader, key: ConnKey, ep: &Epoll) {
+        if self.conns.len() >= self.cfg.max_connections {
+            log::warn!(
+                "guest connect to port {} refused: {} connections open (max-connections)",
+                key.host_port,
+                self.conns.len()
+            );
+            self.reply_rst(hdr);
+            return;
+        }
+        let mut conn = Connection::new(
+            key,
+            hdr.kind(),
+            State::PeerInit {
+                since: Instant::now(),
+            },
+            None,
+            self.cfg.buf_alloc,
+        );
+        conn.credit.update_from_peer(hdr.buf_alloc(), hdr.fwd_cnt());
+        conn.route_pending = self.host_router.is_some();
+        let slot = self.conns.insert(conn);
+        self.stats.connections_opened += 1;
+        match &self.host_router {
+            Some(router) => router.request(key),
+            None => self.retry_host_connect(slot, ep),
+        }
+    }
+
+    /// Connects a guest-initiated connection to `<uds-path>_<port>`.
+    pub(super) fn retry_host_connect(&mut self, slot: u32, ep: &Epoll) {
+        let Some(conn) = self.conns.get(slot) else {
+            return;
+        };
+        let path = unix::port_path(&self.cfg.uds_path, conn.key.host_port);
+        let sock_type = if conn.is_seqpacket() {
+            libc::SOCK_SEQPACKET
+        } else {
+            libc::SOCK_STREAM
+        };
+        match unix::connect(&path, sock_type) {
+            Ok(Connect::Connected(sock)) => {
+                if !self.watch_host(ep, &sock, slot, ControlOperation::Add) {
+                    self.reset_conn(slot);
+                    return;
+                }
+                let Some(conn) = self.conns.get_mut(slot) else {
+                    return;
+                };
+                conn.host = Some(sock);
+                self.established(slot);
+            }
+            Ok(Connect::Busy) => {}
+            Err(e) => {
+                log::info!("guest connect to {} failed: {e}; reset", path.display());
+                self.reset_conn(slot);
+            }
+        }
+    }
+
+    pub(super) fn guest_accepted(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if !matches!(conn.state, State::LocalInit { .. }) {
+            log::warn!("unexpected RESPONSE for {:?}; reset", conn.key);
+            self.reset_conn(slot);
+            return;
+        }
+        let line = conn.ok_line.take().unwrap_or_default();
+        let written = conn
+            .host
+            .as_ref()
+            .map(|s| crate::vsock::connection::send(s, &line));
+        if !matches!(written, Some(Ok(n)) if n == line.len()) {
+            log::info!("host client of {:?} went away before OK", conn.key);
+            self.reset_conn(slot);
+            return;
+        }
+        self.established(slot);
+    }
+
+    pub(super) fn guest_data(
+        &mut self,
+        slot: u32,
+        hdr: &PacketHeader,
+        chain: &ChainBuffers,
+        mem: &DeviceMemory,
+    ) {
+        let len = hdr.len() as usize;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if !conn.is_established() && !matches!(conn.state, State::Closing { .. }) {
+            log::warn!(
+                "RW before the connection {:?} was established; reset",
+                conn.key
+            );
+            self.reset_conn(slot);
+            return;
+        }
+        if conn.guest_shut & shutdown::SEND != 0 || conn.host_hup {
+            log::info!("data on {:?} after shutdown; reset", conn.key);
+            self.reset_conn(slot);
+            return;
+        }
+        conn.bytes_from_guest += len as u64;
+        if !conn.credit.accept_from_peer(len as u32) {
+            log::warn!("guest overran the credit of {:?}; reset", conn.key);
+            self.reset_conn(slot);
+            return;
+        }
+        let result = if conn.is_seqpacket() {
+            let start = conn.seq_partial.len();
+            conn.seq_partial.resize(start + len, 0);
+            let r = chain
+                .readable
+                .read_at(mem, HEADER_SIZE, &mut conn.seq_partial[start..]);
+            if r.is_ok() && hdr.flags() & seq::EOM != 0 {
+                let msg = std::mem::take(&mut conn.seq_partial);
+                conn.tx_queue.push(msg);
+            }
+            r.map_err(|e| io::Error::other(e.to_string()))
+                .and_then(|_| conn.flush_tx())
+        } else {
+            write_stream(conn, chain, mem, len, &mut self.iov.0)
+        };
+        if let Err(e) = result {
+            log::info!("host side of {:?} failed: {e}; reset", conn.key);
+            self.reset_conn(slot);
+            return;
+        }
+        if conn.credit.update_worthwhile() {
+            let (key, k) = (conn.key, conn.kind);
+            self.queue_credit_update(slot, key, k);
+        }
+    }
+
+    pub(super) fn guest_shutdown(&mut self, slot: u32, flags: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.guest_shut |= flags & shutdown::BOTH;
+        if conn.guest_shut == shutdown::BOTH {
+            // The guest is closing: flush what we hold, then RST to complete its close.
+            let _ = conn.flush_tx();
+            if conn.tx_queue.is_empty() {
+                self.reset_conn(slot);
+            } else {
+                conn.state = State::Closing {
+                    since: Instant::now(),
+                };
+            }
+        } else {
+            conn.propagate_guest_shutdown();
+        }
+    }
+}
