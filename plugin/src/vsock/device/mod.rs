@@ -13,9 +13,9 @@
 //!   connections (reset or a new frontend), so the guest resets its sockets.
 //! - While a ring is disabled it is not processed at all (tx chains stay in the ring until enable).
 //!
-//! Here: the device's state and its control-plane hooks. [`tx`] handles guest packets,
-//! [`rx`] fills the rx and event queues, [`host_events`] reacts to host sockets, hybrid clients
-//! and timers, [`socket_io`] moves bytes between host sockets and guest buffers.
+//! Here: the device's state and its control-plane hooks. `tx` handles guest packets,
+//! `rx` fills the rx and event queues, `host_events` reacts to host sockets, hybrid clients
+//! and timers, `socket_io` moves bytes between host sockets and guest buffers.
 
 use std::collections::VecDeque;
 use std::io;
