@@ -136,16 +136,25 @@ impl FakeDevice {
 
 impl DeviceControl for FakeDevice {
     fn status(&self) -> Status {
-        self.status.lock().unwrap().clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     fn connections(&self) -> Vec<ConnectionInfo> {
-        self.connections.lock().unwrap().clone()
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     fn metrics(&self) -> Metrics {
-        self.metrics.lock().unwrap().clone()
+        self.metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     fn apply_policy(&self, rules: &[PolicyRule]) -> Result<(), ControlError> {
-        *self.policy.lock().unwrap() = rules.to_vec();
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = rules.to_vec();
         Ok(())
     }
     fn reset_connection(
@@ -154,7 +163,7 @@ impl DeviceControl for FakeDevice {
         guest_port: u32,
         host_port: u32,
     ) -> Result<(), ControlError> {
-        let mut conns = self.connections.lock().unwrap();
+        let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         let before = conns.len();
         conns.retain(|c| {
             !(c.guest_cid == cid && c.guest_port == guest_port && c.host_port == host_port)
@@ -166,7 +175,7 @@ impl DeviceControl for FakeDevice {
         }
         self.resets
             .lock()
-            .unwrap()
+            .unwrap_or_else(|p| p.into_inner())
             .push((cid, guest_port, host_port));
         Ok(())
     }
