@@ -65,6 +65,8 @@ Options (each also as `--option=VALUE`; as `--vm` keys, without the dashes):
     --iotlb-max-entries N           IOTLB entries kept; the oldest is evicted [default: 2048]
     --vm KEY=VALUE,...              one VM; cannot be mixed with the single-VM options above.
                                     Quote a value holding ',' as KEY=\"VALUE\"
+    --config FILE                   the VMs as a PluginConfig protobuf message (proto/protos/
+                                    config.proto), in JSON or binary form; zero = default
     --control URI                   serve the control plane (binder://NAME, or binder RPC at
                                     unix:///path#NAME); see `vsock-plugin ctl --help`
     --control-allow-uid UID[+UID]   uids allowed to call the control plane (own uid always)
@@ -95,6 +97,10 @@ pub enum CliError {
     NoVm,
     #[error("{0}")]
     BadProcessOption(String),
+    #[error("--config: {0}")]
+    ConfigFile(super::file::FileError),
+    #[error("--config cannot be combined with {0}")]
+    ConfigMixed(String),
     /// A `--vm` value (numbered from 1) that does not parse.
     #[error("--vm #{index}: {source}")]
     VmSpec { index: usize, source: KeyValueError },
@@ -185,6 +191,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         return Ok(Command::Ctl(args.skip(1).collect()));
     }
     let mut process = crate::ProcessOptions::default();
+    let mut config_file: Option<String> = None;
     let mut vm_specs: Vec<String> = Vec::new();
     let mut flags: Vec<(&'static str, String)> = Vec::new();
 
@@ -208,6 +215,15 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         let option = format!("--{name}");
         if name == "help" || name == "version" {
             return Err(CliError::UnexpectedValue(option));
+        }
+        if name == "config" {
+            let Some(value) = inline.or_else(|| args.next()) else {
+                return Err(CliError::MissingValue(option));
+            };
+            if config_file.replace(value).is_some() {
+                return Err(CliError::RepeatedOption(option));
+            }
+            continue;
         }
         if name == "control" || name == "control-allow-uid" {
             let Some(value) = inline.or_else(|| args.next()) else {
@@ -261,7 +277,16 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
     }
 
     let mut vms = Vec::new();
-    let single = vm_specs.is_empty();
+    let single = vm_specs.is_empty() && config_file.is_none();
+    if let Some(path) = &config_file {
+        if let Some((key, _)) = flags.first() {
+            return Err(CliError::ConfigMixed(format!("--{key}")));
+        }
+        if !vm_specs.is_empty() {
+            return Err(CliError::ConfigMixed("--vm".into()));
+        }
+        vms = super::file::load(Path::new(path)).map_err(CliError::ConfigFile)?;
+    }
     if let Some((key, _)) = flags.first() {
         if !single {
             return Err(CliError::MixedForms(format!("--{key}")));
@@ -275,7 +300,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
             .collect::<Vec<_>>()
             .join(",");
         vms.push(from_key_values::<VmConfig>(&spec).map_err(CliError::Options)?);
-    } else if single {
+    } else if single && config_file.is_none() {
         return Err(CliError::NoVm);
     }
     for (i, spec) in vm_specs.iter().enumerate() {
@@ -592,6 +617,39 @@ mod tests {
         for key in SINGLE_VM_KEYS {
             assert!(USAGE.contains(&format!("--{key} ")), "USAGE lacks --{key}");
         }
+    }
+
+    #[test]
+    fn config_file_alone_or_refused_with_other_forms() {
+        let dir = std::env::temp_dir().join(format!("vp-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.json");
+        std::fs::write(
+            &f,
+            r#"{"vms":[{"guestCid":9,"socket":"/s9","udsPath":"/u9"}]}"#,
+        )
+        .unwrap();
+        let path = f.to_str().unwrap();
+        let vms = run(&["--config", path]);
+        assert_eq!(
+            (vms[0].guest_cid, vms[0].uds_path.to_str()),
+            (9, Some("/u9"))
+        );
+        assert_eq!(
+            err(&["--config", path, "--guest-cid", "4"]),
+            "--config cannot be combined with --guest-cid"
+        );
+        assert_eq!(
+            err(&[
+                "--vm",
+                "guest-cid=3,socket=/s,uds-path=/u",
+                "--config",
+                path
+            ]),
+            "--config cannot be combined with --vm"
+        );
+        assert!(err(&["--config", "/nonexistent.json"])
+            .starts_with("--config: cannot read /nonexistent.json"));
     }
 
     #[test]

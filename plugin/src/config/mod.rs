@@ -6,6 +6,7 @@
 //! Parsing lives in [`cli`] and [`keyvalue`]; validation of the values in [`VmConfig::validate`].
 
 pub mod cli;
+pub mod file;
 pub mod keyvalue;
 
 use std::os::unix::ffi::OsStrExt;
