@@ -239,6 +239,14 @@ fn throughput_sample(
     m
 }
 
+/// Device notifications (interrupts) and driver kicks per MiB moved.
+fn notif_sample(m: &mut Sample, g: &mut Guest, before: (u64, u64), total: u64) {
+    let (irq, kicks) = g.notifications();
+    let mib = total as f64 / (1 << 20) as f64;
+    m.insert("irq_per_mib", (irq - before.0) as f64 / mib);
+    m.insert("kick_per_mib", (kicks - before.1) as f64 / mib);
+}
+
 fn check(got: u64, expect: u64, what: &str) -> Result<(), String> {
     if got != expect {
         return Err(format!(
@@ -270,6 +278,7 @@ fn vs_g2h(
     let s = accept_host(&l, T5)?;
     let total = p.bytes;
     let stall = p.stall;
+    let n0 = g.notifications();
     let b0 = be.cpu();
     let t0 = Instant::now();
     let reader = std::thread::spawn(move || read_all(s, total, stall));
@@ -283,9 +292,10 @@ fn vs_g2h(
     }
     let (sum, end, host_cpu) = join(reader)?;
     let secs = (end - t0).as_secs_f64();
-    let m = throughput_sample(total, secs, driver_cpu, host_cpu, Some(be), b0);
+    let mut m = throughput_sample(total, secs, driver_cpu, host_cpu, Some(be), b0);
     check(sum, expect, "guest→host")?;
     g.drain_tx(T5).map_err(err("tx drain"))?;
+    notif_sample(&mut m, &mut g, n0, total);
     Ok(m)
 }
 
@@ -308,6 +318,7 @@ fn vs_h2g(
     }
     let total = p.bytes;
     let stall = p.stall;
+    let n0 = g.notifications();
     let b0 = be.cpu();
     let t0 = Instant::now();
     let pat2 = pat.clone();
@@ -323,7 +334,8 @@ fn vs_h2g(
     }
     let (_s, host_cpu) = join(writer)?;
     let secs = (end - t0).as_secs_f64();
-    let m = throughput_sample(total, secs, driver_cpu, host_cpu, Some(be), b0);
+    let mut m = throughput_sample(total, secs, driver_cpu, host_cpu, Some(be), b0);
+    notif_sample(&mut m, &mut g, n0, total);
     let got = match &g.conn(key).sink {
         Sink::Checksum(h) => h.value(),
         Sink::Buffer(_) => 0,
@@ -476,8 +488,10 @@ fn vs_setup(be: &Backend, p: &Params) -> Result<Sample, String> {
         let key = g
             .connect(PORT, Sink::Buffer(Vec::new()), T5)
             .map_err(|e| format!("connect {i}: {e}"))?;
-        g.close(key, T5).map_err(|e| format!("close {i}: {e}"))?;
+        g.close_nowait(key).map_err(|e| format!("close {i}: {e}"))?;
     }
+    g.poll_until(T5, "the last RSTs", |g| g.closing() == 0)
+        .map_err(|e| format!("{e} ({} closes unanswered)", g.closing()))?;
     let secs = t0.elapsed().as_secs_f64();
     let d = be.cpu().since(&b0);
     let held = join(host)?;
@@ -600,4 +614,37 @@ fn sp_setup(p: &Params) -> Result<Sample, String> {
     let mut m = Sample::new();
     m.insert("conn_per_s", p.setup_conns as f64 / secs);
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::subject::backend_binary;
+
+    /// Every figure once on the plugin and the socketpair with tiny volumes, so the benchmark
+    /// keeps working as the plugin and the frontend change (the reference is not needed).
+    #[test]
+    fn every_figure_runs_on_the_plugin_and_the_socketpair() {
+        let p = Params {
+            bytes: 1 << 20,
+            rtt_iters: 50,
+            setup_conns: 30,
+            rss_conns: 30,
+            stall: Duration::from_secs(20),
+        };
+        let pat = Arc::new(Pattern::new(9));
+        let expect = pat.checksum(p.bytes);
+        let bin = backend_binary(Subject::Plugin).expect("plugin binary");
+        for fig in Figure::all() {
+            for s in [Subject::Plugin, Subject::Socketpair] {
+                if !fig.applies(s) {
+                    continue;
+                }
+                let b = s.is_backend().then_some(bin.as_path());
+                let m = measure(fig, s, b, &p, &pat, expect)
+                    .unwrap_or_else(|e| panic!("{} on {}: {e}", fig.name(), s.name()));
+                assert!(!m.is_empty(), "{} on {}", fig.name(), s.name());
+            }
+        }
+    }
 }

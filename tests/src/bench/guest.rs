@@ -83,6 +83,8 @@ pub enum Sink {
 
 pub struct Conn {
     pub state: State,
+    /// Closed by us without waiting (Linux's close()): forgotten when the RST arrives.
+    pub closing: bool,
     pub sink: Sink,
     pub rx_total: u64,
     pub peer_shutdown: u32,
@@ -98,6 +100,7 @@ impl Conn {
     fn new(buf_alloc: u32, sink: Sink) -> Self {
         Conn {
             state: State::Connecting,
+            closing: false,
             sink,
             rx_total: 0,
             peer_shutdown: 0,
@@ -124,6 +127,9 @@ pub struct Counters {
     pub credit_updates_sent: u64,
     pub credit_requests_sent: u64,
     pub waits: u64,
+    /// Device notifications (call eventfd writes by the backend), rx and tx queue.
+    pub irq_rx: u64,
+    pub irq_tx: u64,
 }
 
 pub struct Guest {
@@ -145,6 +151,8 @@ pub struct Guest {
     /// Control packets waiting for a tx slot.
     ctrl_out: VecDeque<Header>,
     next_port: u32,
+    /// Connections closed with [`Guest::close_nowait`] still waiting for their RST.
+    closing: usize,
 }
 
 fn to(msg: String) -> io::Error {
@@ -209,6 +217,7 @@ impl Guest {
             requests: VecDeque::new(),
             ctrl_out: VecDeque::new(),
             next_port: 40000,
+            closing: 0,
             opts,
         })
     }
@@ -414,7 +423,13 @@ impl Guest {
             }
             OP_CREDIT_UPDATE => {}
             OP_SHUTDOWN => c.peer_shutdown |= hdr.flags,
-            OP_RST => c.state = State::Reset,
+            OP_RST => {
+                c.state = State::Reset;
+                if c.closing {
+                    self.conns.remove(&key);
+                    self.closing -= 1;
+                }
+            }
             _ => {}
         }
     }
@@ -438,9 +453,24 @@ impl Guest {
         // SAFETY: two valid pollfds.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
         if r > 0 {
-            let _ = self.rxq.call.read();
-            let _ = self.txq.call.read();
+            self.drain_interrupts();
         }
+    }
+
+    /// Reads both call eventfds (non-blocking); the values are the backend's notification
+    /// counts since the last read.
+    pub fn drain_interrupts(&mut self) {
+        self.counters.irq_rx += self.rxq.call.read().unwrap_or(0);
+        self.counters.irq_tx += self.txq.call.read().unwrap_or(0);
+    }
+
+    /// (device notifications, driver kicks) so far.
+    pub fn notifications(&mut self) -> (u64, u64) {
+        self.drain_interrupts();
+        (
+            self.counters.irq_rx + self.counters.irq_tx,
+            self.rxq.kicks_sent + self.txq.kicks_sent,
+        )
     }
 
     /// Polls until `cond` holds, waiting for interrupts in between; `what` names the wait in the
@@ -519,6 +549,26 @@ impl Guest {
         });
         self.conns.remove(&key);
         r
+    }
+
+    /// Closes as Linux's close() does without SO_LINGER: sends SHUTDOWN(RCV|SEND) and returns;
+    /// the connection is forgotten when the device's RST arrives (see [`Self::closing`]).
+    pub fn close_nowait(&mut self, key: Key) -> io::Result<()> {
+        self.ctrl(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
+        self.kick_tx()?;
+        let c = self.conn_mut(key);
+        if c.state == State::Reset {
+            self.conns.remove(&key);
+        } else {
+            c.closing = true;
+            self.closing += 1;
+        }
+        Ok(())
+    }
+
+    /// Connections closed with [`Self::close_nowait`] whose RST has not arrived yet.
+    pub fn closing(&self) -> usize {
+        self.closing
     }
 
     pub fn conn(&self, key: Key) -> &Conn {

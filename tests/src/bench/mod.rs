@@ -46,9 +46,10 @@
 //!   ring; guest echo — the host writes 64 bytes and the guest echoes, timed in the host thread
 //!   around `write` + `read_exact`. 100 untimed round trips first, then `rtt_iters` (10,000;
 //!   quick 1,000); p50 and p99 per round. The guest waits for interrupts (poll on the call eventfd).
-//! - **Setup rate**: guest→host connects per second, each REQUEST → RESPONSE, then a Linux-style
-//!   close (SHUTDOWN RCV|SEND, wait for the device's RST), strictly one after the other
-//!   (`setup_conns`, 3,000; quick 500); a host thread accepts and holds the connections.
+//! - **Setup rate**: guest→host connects per second: REQUEST, wait for RESPONSE, then close as
+//!   Linux's `close()` does (SHUTDOWN RCV|SEND without waiting; the device's RST is processed
+//!   whenever it arrives), then the next connect; the clock stops when the last RST is in
+//!   (`setup_conns`, 3,000; quick 500). A host thread accepts and holds the connections.
 //! - **Backend CPU s/GiB**: CPU time of the backend process before and after each throughput
 //!   transfer, divided by GiB moved: `utime + stime` from `/proc/<pid>/stat` (all threads; 10 ms
 //!   ticks, which is coarse for a 0.1 s transfer) and the nanosecond run time summed over
@@ -62,6 +63,15 @@
 //! - **Driver CPU**: the guest driver runs in the benchmark's main thread and the host
 //!   application in its own thread; each measures its own CPU (`getrusage(RUSAGE_THREAD)`), so
 //!   the report states how much of the 2 cores the measuring side itself used.
+//! - **Interrupts / kicks per MiB**: the backend's call-eventfd writes (the eventfd counters the
+//!   guest reads) and the guest's kicks (after EVENT_IDX suppression) during each throughput
+//!   transfer: how often each side had to wake the other.
+//!
+//! Experiments: `VSOCK_BENCH_PLUGIN_ARGS` / `VSOCK_BENCH_REFERENCE_ARGS` add backend arguments
+//! (e.g. `--tx-buffer-size 262144`); `--all-pairs` also runs the reference on the paged layout
+//! (expected to fail). On a shared 2-core machine MB/s, p99 and the socketpair figures move by
+//! ±20–50 % between rounds; backend CPU s/GiB and per-connection/per-round-trip CPU are the
+//! steadier comparisons.
 //!
 //! The run prints a markdown table (medians, ratio to the reference, ratio to the socketpair
 //! limit, the target and whether it holds), a driver-CPU table and notes, and exits

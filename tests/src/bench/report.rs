@@ -283,6 +283,15 @@ pub fn table(res: &Results, subjects: &[Subject]) -> (String, Vec<(String, Optio
                 )
             }
         };
+        // For two-part targets, say which part holds.
+        let detail = match (row.target, rr, rs) {
+            (Target::RefAndLimit(a, b), Some(q), Some(w)) if met == Some(false) => format!(
+                " (ref {}, socketpair {})",
+                if q >= a { "yes" } else { "no" },
+                if w >= b { "yes" } else { "no" }
+            ),
+            _ => String::new(),
+        };
         let met_s = match met {
             Some(true) => "yes",
             Some(false) => "**no**",
@@ -308,7 +317,7 @@ pub fn table(res: &Results, subjects: &[Subject]) -> (String, Vec<(String, Optio
                 fmt_ratio(rs)
             },
             target,
-            met_s
+            format!("{met_s}{detail}")
         );
         if !matches!(row.target, Target::None) {
             verdicts.push((row.label.to_string(), met));
@@ -320,8 +329,8 @@ pub fn table(res: &Results, subjects: &[Subject]) -> (String, Vec<(String, Optio
 /// CPU of the measuring side per throughput figure.
 pub fn driver_table(res: &Results, subjects: &[Subject]) -> String {
     let mut out = String::new();
-    out.push_str("| transfer | subject | guest driver CPU s/GiB | host app CPU s/GiB | backend CPU s/GiB (sys share) | all sides CPU s/GiB | backend cores busy | MB/s |\n");
-    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| transfer | subject | guest driver CPU s/GiB | host app CPU s/GiB | backend CPU s/GiB (sys share) | all sides CPU s/GiB | backend cores busy | interrupts / kicks per MiB | MB/s |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for fig in [
         Figure::G2h(4096),
         Figure::G2h(65536),
@@ -349,7 +358,7 @@ pub fn driver_table(res: &Results, subjects: &[Subject]) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {}{} | {}{} | {} | {} | {} | {} |",
+                "| {} | {} | {}{} | {}{} | {} | {} | {} | {} | {} |",
                 fig.name(),
                 s.name(),
                 fmt(g("driver_cpu_gib"), 2),
@@ -367,6 +376,10 @@ pub fn driver_table(res: &Results, subjects: &[Subject]) -> String {
                 be,
                 fmt(all, 2),
                 fmt(g("backend_util"), 2),
+                match (g("irq_per_mib"), g("kick_per_mib")) {
+                    (Some(i), Some(k)) => format!("{i:.1} / {k:.1}"),
+                    _ => "—".into(),
+                },
                 fmt(g("mbps"), 0),
             );
         }

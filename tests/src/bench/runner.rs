@@ -24,7 +24,8 @@ usage: vsock-bench [--quick] [--rounds N] [--subjects plugin,reference,socketpai
                    expected to stall and count as a failure)
 
 Environment: VSOCK_PLUGIN_BIN (plugin binary), VSOCK_BENCH_REFERENCE (reference binary),
-VSOCK_BENCH_RUST_LOG (backends' RUST_LOG, default warn).";
+VSOCK_BENCH_RUST_LOG (backends' RUST_LOG, default warn), VSOCK_BENCH_PLUGIN_ARGS /
+VSOCK_BENCH_REFERENCE_ARGS (extra backend arguments, e.g. \"--tx-buffer-size 262144\").";
 
 struct Args {
     rounds: usize,
@@ -244,14 +245,20 @@ pub fn main() -> ExitCode {
     for (s, p) in &bins {
         if let Some(p) = p {
             let v = binary_version(p);
+            let extra = super::subject::extra_args(*s);
             out.push_str(&format!(
-                "- {}: {}{}\n",
+                "- {}: {}{}{}\n",
                 s.name(),
                 p.display(),
                 if v.is_empty() {
                     String::new()
                 } else {
                     format!(" ({v})")
+                },
+                if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(", extra arguments `{}`", extra.join(" "))
                 }
             ));
         }

@@ -105,6 +105,19 @@ pub fn backend_binary(s: Subject) -> Result<PathBuf, String> {
     }
 }
 
+/// Extra backend arguments from `VSOCK_BENCH_PLUGIN_ARGS` / `VSOCK_BENCH_REFERENCE_ARGS`
+/// (whitespace-separated), for experiments such as `--tx-buffer-size 262144`.
+pub fn extra_args(s: Subject) -> Vec<String> {
+    let var = match s {
+        Subject::Plugin => "VSOCK_BENCH_PLUGIN_ARGS",
+        Subject::Reference => "VSOCK_BENCH_REFERENCE_ARGS",
+        Subject::Socketpair => return Vec::new(),
+    };
+    std::env::var(var)
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 /// One backend process serving one VM (guest CID 3), killed on drop. Both backends take the same
 /// `--guest-cid 3 --socket S --uds-path U` arguments and run with `RUST_LOG=warn`.
 pub struct Backend {
@@ -127,6 +140,7 @@ impl Backend {
             .arg(&socket)
             .arg("--uds-path")
             .arg(&uds)
+            .args(extra_args(subject))
             .env(
                 "RUST_LOG",
                 std::env::var("VSOCK_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
