@@ -183,6 +183,8 @@ pub struct Connection {
     pub host_eof: bool,
     /// The host end is gone in both directions (HUP).
     pub host_hup: bool,
+    /// The host end shut down its writing side (RDHUP seen): an EOF is waiting behind the data.
+    pub host_rdhup: bool,
     /// SHUTDOWN flags received from the guest.
     pub guest_shut: u32,
     /// SHUTDOWN flags we sent to the guest.
@@ -228,6 +230,7 @@ impl Connection {
             host_writable: true,
             host_eof: false,
             host_hup: false,
+            host_rdhup: false,
             guest_shut: 0,
             host_shut_sent: 0,
             host_write_shut: false,

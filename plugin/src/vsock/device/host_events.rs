@@ -179,6 +179,9 @@ impl VsockDevice {
         if events.contains(EventSet::HANG_UP) {
             conn.host_hup = true;
         }
+        if events.contains(EventSet::READ_HANG_UP) {
+            conn.host_rdhup = true;
+        }
         if events.contains(EventSet::OUT) {
             conn.host_writable = true;
         }

@@ -209,7 +209,15 @@ impl VsockDevice {
                     conn.host_eof = true;
                     return self.after_empty_read(slot);
                 }
-                Ok(n) => (n, 0),
+                Ok(n) => {
+                    // A stream read returns less than asked only when the socket is drained;
+                    // the next arrival raises a new edge, so skip the EAGAIN read. Not after a
+                    // hang-up was signalled: the EOF behind the data has no edge of its own.
+                    if n < room && !conn.host_rdhup && !conn.host_hup {
+                        conn.host_readable = false;
+                    }
+                    (n, 0)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.host_readable = false;
                     return None;
