@@ -115,7 +115,7 @@ fn credit_request_is_answered_with_credit_update() {
         .unwrap();
     vm.driver.conns.insert(id, conn);
     let upd = upd.unwrap_or_else(|| panic!("no CREDIT_UPDATE; saw {skipped:?}"));
-    assert_eq!(upd.hdr.buf_alloc, 65536, "{upd:?}");
+    assert_eq!(upd.hdr.buf_alloc, 262144, "default tx-buffer-size: {upd:?}");
     assert_eq!(
         upd.hdr.fwd_cnt, 5,
         "fwd_cnt counts the 5 bytes written to the host: {upd:?}"

@@ -35,7 +35,7 @@ fn request_response_and_data_both_ways() {
     assert_eq!(resp.hdr.len, 0, "{resp:?}");
     assert_eq!(resp.used_len, 44, "{resp:?}");
     assert_eq!(
-        resp.hdr.buf_alloc, 65536,
+        resp.hdr.buf_alloc, 262144,
         "default tx-buffer-size: {resp:?}"
     );
 

@@ -43,12 +43,12 @@ Options (each also as `--option=VALUE`; as `--vm` keys, without the dashes):
     --uds-path PATH                 hybrid vsock base path: guest->host port P connects to
                                     PATH_P; host clients connect to PATH and send `connect P`
     --tx-buffer-size BYTES          per-connection buffer advertised to the guest (buf_alloc),
-                                    4096..=1073741824 [default: 65536]
+                                    4096..=1073741824 [default: 262144]
     --queue-size N                  largest virtqueue size accepted, a power of two <= 32768
                                     [default: 32768]
     --groups A+B                    guests sharing a group reach each other by CID
                                     [default: default]
-    --max-connections N             connections per VM; more are refused with RST [default: 4096]
+    --max-connections N             connections per VM; more are refused with RST [default: 1024]
     --connect-timeout-ms MS         reset a connection stuck connecting [default: 2000]
     --shutdown-timeout-ms MS        reset a connection stuck closing [default: 2000]
     --connect-line-timeout-ms MS    drop a host client that sends no CONNECT line [default: 5000]
@@ -450,10 +450,10 @@ mod tests {
             socket: Some(PathBuf::from(socket)),
             socket_fd: None,
             uds_path: PathBuf::from(uds),
-            tx_buffer_size: 65536,
+            tx_buffer_size: 262144,
             queue_size: 32768,
             groups: vec!["default".to_string()],
-            max_connections: 4096,
+            max_connections: 1024,
             connect_timeout_ms: 2000,
             shutdown_timeout_ms: 2000,
             connect_line_timeout_ms: 5000,

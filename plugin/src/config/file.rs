@@ -146,7 +146,7 @@ mod tests {
         );
         let vms = load(&p).unwrap();
         assert_eq!(vms.len(), 2);
-        assert_eq!(vms[0].tx_buffer_size, 65536, "zero/absent = default");
+        assert_eq!(vms[0].tx_buffer_size, 262144, "zero/absent = default");
         assert_eq!(vms[0].groups, vec!["default".to_string()]);
         assert_eq!(
             (vms[0].iotlb, vms[0].seqpacket),

@@ -255,8 +255,11 @@ fn check_path(key: &'static str, path: &Path) -> Result<usize, ConfigError> {
 }
 
 pub mod defaults {
+    /// Linux's own default socket buffer: with less, a bulk sender stalls on credit every
+    /// 64 KiB (measured: g2h throughput 2.4x, CPU/GiB 0.35x with 256 KiB). Worst-case memory
+    /// held for host readers that stop reading: max-connections x this.
     pub fn tx_buffer_size() -> u32 {
-        64 * 1024
+        256 * 1024
     }
     pub fn queue_size() -> u16 {
         super::MAX_QUEUE_SIZE
@@ -264,8 +267,9 @@ pub mod defaults {
     pub fn groups() -> Vec<String> {
         vec!["default".to_string()]
     }
+    /// With the default buffer, at most 256 MiB held for stalled host readers.
     pub fn max_connections() -> u32 {
-        4096
+        1024
     }
     pub fn connect_timeout_ms() -> u32 {
         2000

@@ -57,6 +57,10 @@ const CONTROL_BACKLOG: usize = 1024;
 /// First host-side port for host-initiated connections (Firecracker's range, 2^30 .. 2^31).
 const LOCAL_PORT_FIRST: u32 = 1 << 30;
 const LOCAL_PORT_END: u32 = 1 << 31;
+/// Most payload bytes gathered into one `sendmsg` (see [`TxBatch`]).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Most tx chains held back from the used ring within one pass.
+const MAX_HELD_CHAINS: usize = 1024;
 /// Event id of VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
 const EVENT_TRANSPORT_RESET: u32 = 0;
 
@@ -122,6 +126,7 @@ pub struct VsockDevice {
     sibling: Arc<SiblingPort>,
     pub stats: Stats,
     iov: IovecScratch,
+    tx_batch: TxBatch,
     /// Set when a control plane decides where guest connections go.
     host_router: Option<Box<dyn RouteRequests>>,
     events: Option<Box<dyn ConnectionEvents>>,
@@ -171,6 +176,7 @@ impl VsockDevice {
             sibling,
             stats: Stats::default(),
             iov: IovecScratch::default(),
+            tx_batch: TxBatch::default(),
             host_router: None,
             events: None,
         }
@@ -272,6 +278,12 @@ impl VsockDevice {
     /// The one place connections leave the table (events see every close).
     fn remove_conn(&mut self, slot: u32, reason: &str) -> Option<Connection> {
         let conn = self.conns.remove(slot)?;
+        if self.tx_batch.slot == Some(slot) {
+            // The connection is gone: its batched bytes have nowhere to go.
+            self.tx_batch.slot = None;
+            self.tx_batch.bytes = 0;
+            self.tx_batch.iov.0.clear();
+        }
         if let Some(ev) = &self.events {
             ev.closed(conn.key, reason);
         }
@@ -377,6 +389,16 @@ fn host_ends(guest_cid: u64, key: ConnKey) -> Endpoints {
         dst_cid: guest_cid,
         dst_port: key.guest_port,
     }
+}
+
+/// Guest → host payloads of one stream connection gathered during a tx pass, sent with one
+/// `sendmsg` (a 4 KiB-write workload otherwise costs one syscall and one host wake-up per
+/// packet). The iovecs point into guest buffers whose chains are held until the pass ends.
+#[derive(Default)]
+struct TxBatch {
+    slot: Option<u32>,
+    bytes: usize,
+    iov: IovecScratch,
 }
 
 /// Reusable iovec storage for one `readv`/`writev` at a time.

@@ -3,41 +3,20 @@
 
 use super::*;
 
-/// Guest → host stream data: straight from guest memory to the socket when it is writable and
-/// nothing is queued ahead; what the socket does not take is copied into the connection's queue.
-pub(super) fn write_stream(
+/// Guest → host stream data that cannot go to the socket now (data queued ahead, or the socket
+/// is full): copied into the connection's queue, flushed on the next EPOLLOUT.
+pub(super) fn queue_stream(
     conn: &mut Connection,
     chain: &ChainBuffers,
     mem: &DeviceMemory,
     len: usize,
-    iov: &mut Vec<libc::iovec>,
 ) -> io::Result<()> {
-    let mut done = 0usize;
-    if conn.tx_queue.is_empty() && conn.host_writable && len > 0 {
-        if let Some(sock) = conn.host.as_ref() {
-            chain
-                .readable
-                .iovecs(mem, HEADER_SIZE, len, Permissions::Read, iov)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            // SAFETY: the iovecs point into guest memory that `mem` keeps mapped for this call.
-            let n = unsafe { writev_nosignal(sock.as_raw_fd(), iov) };
-            match n {
-                Ok(n) => done = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.host_writable = false,
-                Err(e) => return Err(e),
-            }
-            conn.credit.fwd_cnt = conn.credit.fwd_cnt.wrapping_add(done as u32);
-        }
-    }
-    if done < len {
-        conn.host_writable = false;
-        let mut rest = vec![0u8; len - done];
-        chain
-            .readable
-            .read_at(mem, HEADER_SIZE + done, &mut rest)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        conn.tx_queue.push(rest);
-    }
+    let mut rest = vec![0u8; len];
+    chain
+        .readable
+        .read_at(mem, HEADER_SIZE, &mut rest)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    conn.tx_queue.push(rest);
     Ok(())
 }
 
@@ -129,4 +108,24 @@ pub(super) fn read_host_message(conn: &mut Connection) -> io::Result<()> {
     conn.rx_pending.extend(&buf[..n]);
     conn.rx_pending_eom = seq::EOM | seq::EOR;
     Ok(())
+}
+
+/// The bytes of `iov` after the first `skip`, copied out.
+///
+/// # Safety
+/// Every iovec must describe readable memory that is valid for the call.
+pub(super) unsafe fn copy_from_iovecs(iov: &[libc::iovec], mut skip: usize) -> Vec<u8> {
+    let total: usize = iov.iter().map(|v| v.iov_len).sum();
+    let mut out = Vec::with_capacity(total.saturating_sub(skip));
+    for v in iov {
+        if skip >= v.iov_len {
+            skip -= v.iov_len;
+            continue;
+        }
+        // SAFETY: per the function's contract, iov_base..iov_base+iov_len is readable.
+        let bytes = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+        out.extend_from_slice(&bytes[skip..]);
+        skip = 0;
+    }
+    out
 }

@@ -6,6 +6,10 @@ impl VsockDevice {
     // ----- tx: guest → device ------------------------------------------------------------------
 
     /// Processes the tx queue until it is empty or back-pressured.
+    ///
+    /// Used-ring entries of a pass are returned at its end: until then the guest does not reuse
+    /// those buffers, which lets consecutive RW packets of one connection go to the host socket
+    /// in a single `sendmsg` straight from guest memory (see [`TxBatch`]).
     pub fn process_tx(&mut self, rings: &mut Rings, ep: &Epoll) {
         let mem = rings.mem;
         loop {
@@ -14,21 +18,21 @@ impl VsockDevice {
                 return;
             }
             tx.disable_notification(mem);
-            let mut used_any = false;
             self.tx_paused = false;
+            let mut heads: Vec<u16> = Vec::new();
             loop {
                 if self.control.len() >= CONTROL_BACKLOG {
                     self.tx_paused = true;
                     break;
                 }
+                if heads.len() >= MAX_HELD_CHAINS {
+                    self.return_tx_chains(rings, &mut heads);
+                }
                 let Some(chain) = rings.vrings[TX_QUEUE].pop(mem) else {
                     break;
                 };
                 match self.handle_tx_chain(&chain, mem, ep) {
-                    TxOutcome::Done => {
-                        rings.vrings[TX_QUEUE].add_used(mem, chain.head, 0);
-                        used_any = true;
-                    }
+                    TxOutcome::Done => heads.push(chain.head),
                     TxOutcome::Backpressure => {
                         rings.vrings[TX_QUEUE].unpop();
                         self.tx_paused = true;
@@ -36,6 +40,8 @@ impl VsockDevice {
                     }
                 }
             }
+            let used_any = !heads.is_empty();
+            self.return_tx_chains(rings, &mut heads);
             let tx = &mut rings.vrings[TX_QUEUE];
             if used_any {
                 tx.notify(mem);
@@ -43,6 +49,54 @@ impl VsockDevice {
             if self.tx_paused || !tx.enable_notification(mem) {
                 return;
             }
+        }
+    }
+
+    /// Sends what is batched, then hands the chains of this pass back to the guest.
+    fn return_tx_chains(&mut self, rings: &mut Rings, heads: &mut Vec<u16>) {
+        self.flush_tx_batch();
+        for head in heads.drain(..) {
+            rings.vrings[TX_QUEUE].add_used(rings.mem, head, 0);
+        }
+    }
+
+    /// Writes the batched payloads with one `sendmsg`; what the socket does not take is copied
+    /// into the connection's queue (the guest buffers are about to be returned).
+    pub(super) fn flush_tx_batch(&mut self) {
+        let Some(slot) = self.tx_batch.slot.take() else {
+            return;
+        };
+        let bytes = std::mem::take(&mut self.tx_batch.bytes);
+        let iov = std::mem::take(&mut self.tx_batch.iov.0);
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let result = match conn.host.as_ref() {
+            // SAFETY: the iovecs point into guest buffers of chains not yet returned to the guest,
+            // in memory kept mapped for this pass (see process_tx).
+            Some(sock) => unsafe { writev_nosignal(sock.as_raw_fd(), &iov) },
+            None => Ok(0),
+        };
+        let done = match result {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                log::info!("host side of {:?} failed: {e}; reset", conn.key);
+                self.reset_conn(slot);
+                return;
+            }
+        };
+        conn.credit.fwd_cnt = conn.credit.fwd_cnt.wrapping_add(done as u32);
+        if done < bytes {
+            conn.host_writable = false;
+            // SAFETY: as above; the copy reads only within the iovecs.
+            conn.tx_queue.push(unsafe { copy_from_iovecs(&iov, done) });
+        }
+        self.tx_batch.iov.0 = iov;
+        self.tx_batch.iov.0.clear();
+        if conn.credit.update_worthwhile() {
+            let (key, k) = (conn.key, conn.kind);
+            self.queue_credit_update(slot, key, k);
         }
     }
 
@@ -149,6 +203,10 @@ impl VsockDevice {
             }
             return;
         };
+        if op != Op::Rw && self.tx_batch.slot == Some(slot) {
+            // Keep the order: batched data goes out before a SHUTDOWN, RST or anything else.
+            self.flush_tx_batch();
+        }
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -295,6 +353,28 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
+        if !conn.is_seqpacket() && conn.tx_queue.is_empty() && conn.host_writable && len > 0 {
+            // Straight from guest memory, gathered with the connection's previous packets.
+            if self.tx_batch.slot.is_some_and(|s| s != slot)
+                || self.tx_batch.bytes + len > MAX_BATCH_BYTES
+            {
+                self.flush_tx_batch();
+            }
+            let mut piece = Vec::new();
+            if let Err(e) =
+                chain
+                    .readable
+                    .iovecs(mem, HEADER_SIZE, len, Permissions::Read, &mut piece)
+            {
+                log::warn!("tx payload of {slot} unreadable: {e}; reset");
+                self.reset_conn(slot);
+                return;
+            }
+            self.tx_batch.slot = Some(slot);
+            self.tx_batch.bytes += len;
+            self.tx_batch.iov.0.extend_from_slice(&piece);
+            return;
+        }
         let result = if conn.is_seqpacket() {
             let start = conn.seq_partial.len();
             conn.seq_partial.resize(start + len, 0);
@@ -308,7 +388,7 @@ impl VsockDevice {
             r.map_err(|e| io::Error::other(e.to_string()))
                 .and_then(|_| conn.flush_tx())
         } else {
-            write_stream(conn, chain, mem, len, &mut self.iov.0)
+            queue_stream(conn, chain, mem, len)
         };
         if let Err(e) = result {
             log::info!("host side of {:?} failed: {e}; reset", conn.key);
