@@ -59,6 +59,8 @@ const LOCAL_PORT_FIRST: u32 = 1 << 30;
 const LOCAL_PORT_END: u32 = 1 << 31;
 /// Most payload bytes gathered into one `sendmsg` (see [`TxBatch`]).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Most extra rx buffers filled by one `readv` besides the first.
+const MAX_RX_GATHER: usize = 15;
 /// Most tx chains held back from the used ring within one pass.
 const MAX_HELD_CHAINS: usize = 1024;
 /// Event id of VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
@@ -127,6 +129,8 @@ pub struct VsockDevice {
     pub stats: Stats,
     iov: IovecScratch,
     tx_batch: TxBatch,
+    /// Extra rx chains filled by the last read, to complete right after the first one.
+    rx_extra_used: Vec<(u16, u32)>,
     /// Set when a control plane decides where guest connections go.
     host_router: Option<Box<dyn RouteRequests>>,
     events: Option<Box<dyn ConnectionEvents>>,
@@ -177,6 +181,7 @@ impl VsockDevice {
             stats: Stats::default(),
             iov: IovecScratch::default(),
             tx_batch: TxBatch::default(),
+            rx_extra_used: Vec::new(),
             host_router: None,
             events: None,
         }

@@ -38,11 +38,15 @@ impl VsockDevice {
             } else if let Some(packet) = self.sibling.pop() {
                 self.write_sibling(packet, &chain, mem)
             } else {
-                self.write_conn_data(&chain, mem)
+                self.write_conn_data(&chain, mem, &mut rings.vrings[RX_QUEUE])
             };
             match written {
                 Some(n) => {
                     rings.vrings[RX_QUEUE].add_used(mem, chain.head, n as u32);
+                    for (head, len) in self.rx_extra_used.drain(..) {
+                        rings.vrings[RX_QUEUE].add_used(mem, head, len);
+                        self.stats.rx_packets += 1;
+                    }
                     self.stats.rx_packets += 1;
                     used_any = true;
                 }
@@ -142,6 +146,7 @@ impl VsockDevice {
         &mut self,
         chain: &ChainBuffers,
         mem: &DeviceMemory,
+        rx: &mut Vring,
     ) -> Option<usize> {
         while let Some(slot) = self.rx_ready.pop_front() {
             let Some(conn) = self.conns.get_mut(slot) else {
@@ -159,7 +164,7 @@ impl VsockDevice {
                 }
                 continue;
             }
-            if let Some(n) = self.fill_from_conn(slot, chain, mem) {
+            if let Some(n) = self.fill_from_conn(slot, chain, mem, rx) {
                 self.mark_rx(slot);
                 return Some(n);
             }
@@ -167,11 +172,14 @@ impl VsockDevice {
         None
     }
 
+    /// Fills `chain` (and, for a stream with more data, further rx chains in the same `readv`)
+    /// from one connection. Returns the bytes used in `chain`; further chains are completed here.
     pub(super) fn fill_from_conn(
         &mut self,
         slot: u32,
         chain: &ChainBuffers,
         mem: &DeviceMemory,
+        rx: &mut Vring,
     ) -> Option<usize> {
         let conn = self.conns.get_mut(slot)?;
         if !conn.has_rx_data() {
@@ -204,7 +212,48 @@ impl VsockDevice {
             // read_host_message found nothing (EAGAIN or EOF).
             return self.after_empty_read(slot);
         } else {
-            match read_stream(conn, chain, mem, room, &mut self.iov.0) {
+            // Gather more rx buffers while the guest has credit: one readv fills them all (Linux
+            // posts 4 KiB buffers, so a bulk transfer otherwise costs a syscall per 4 KiB).
+            let mut extra: Vec<(ChainBuffers, usize)> = Vec::new();
+            let mut credit_left = conn.credit.peer_free() as usize - room;
+            while extra.len() < MAX_RX_GATHER && credit_left > 0 {
+                let Some(c) = rx.pop(mem) else { break };
+                if c.writable.len() <= HEADER_SIZE {
+                    rx.unpop();
+                    break;
+                }
+                let cap = (c.writable.len() - HEADER_SIZE)
+                    .min(MAX_PKT_PAYLOAD)
+                    .min(credit_left);
+                credit_left -= cap;
+                extra.push((c, cap));
+            }
+            let caps: Vec<usize> = std::iter::once(room)
+                .chain(extra.iter().map(|e| e.1))
+                .collect();
+            let chains: Vec<&ChainBuffers> = std::iter::once(chain)
+                .chain(extra.iter().map(|e| &e.0))
+                .collect();
+            let result = read_stream(conn, &chains, &caps, mem, &mut self.iov.0);
+            let total: usize = caps.iter().sum();
+            // Chains the read did not reach go back to the ring, last popped first.
+            let reached = match &result {
+                Ok(n) => caps
+                    .iter()
+                    .scan(0usize, |acc, c| {
+                        let start = *acc;
+                        *acc += c;
+                        Some(start)
+                    })
+                    .take_while(|start| start < n)
+                    .count()
+                    .max(1),
+                Err(_) => 1,
+            };
+            for _ in reached..chains.len() {
+                rx.unpop();
+            }
+            match result {
                 Ok(0) => {
                     conn.host_eof = true;
                     return self.after_empty_read(slot);
@@ -213,10 +262,26 @@ impl VsockDevice {
                     // A stream read returns less than asked only when the socket is drained;
                     // the next arrival raises a new edge, so skip the EAGAIN read. Not after a
                     // hang-up was signalled: the EOF behind the data has no edge of its own.
-                    if n < room && !conn.host_rdhup && !conn.host_hup {
+                    if n < total && !conn.host_rdhup && !conn.host_hup {
                         conn.host_readable = false;
                     }
-                    (n, 0)
+                    // Headers of the extra chains now; they go to the used ring right after the
+                    // first chain (byte order = used-ring order).
+                    let mut left = n - n.min(room);
+                    for (c, cap) in extra.iter().take(reached - 1) {
+                        let share = left.min(*cap);
+                        left -= share;
+                        let used = write_rw_header(conn, self.cfg.guest_cid, c, mem, share)
+                            .unwrap_or_else(|| {
+                                log::error!(
+                                    "rx buffer {} became unwritable after it was checked",
+                                    c.head
+                                );
+                                0
+                            });
+                        self.rx_extra_used.push((c.head, used as u32));
+                    }
+                    (n.min(room), 0)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.host_readable = false;
@@ -229,16 +294,7 @@ impl VsockDevice {
                 }
             }
         };
-        let mut hdr = PacketHeader::new(host_ends(self.cfg.guest_cid, conn.key), conn.kind, Op::Rw);
-        hdr.set_len(n as u32)
-            .set_flags(flags)
-            .set_buf_alloc(conn.credit.buf_alloc)
-            .set_fwd_cnt(conn.credit.fwd_cnt);
-        conn.credit.fwd_cnt_sent = conn.credit.fwd_cnt;
-        conn.credit.rx_cnt = conn.credit.rx_cnt.wrapping_add(n as u32);
-        conn.bytes_to_guest += n as u64;
-        chain.writable.write_at(mem, 0, &hdr.to_bytes()).ok()?;
-        Some(HEADER_SIZE + n)
+        write_rw_header_flags(conn, self.cfg.guest_cid, chain, mem, n, flags)
     }
 
     /// The host socket had nothing: EAGAIN (wait for the next edge) or EOF (tell the guest).
@@ -290,4 +346,35 @@ impl VsockDevice {
         }
         rings.vrings[EVENT_QUEUE].notify(mem);
     }
+}
+
+/// Writes the RW header for `n` payload bytes already in `chain` and accounts them.
+fn write_rw_header(
+    conn: &mut Connection,
+    guest_cid: u64,
+    chain: &ChainBuffers,
+    mem: &DeviceMemory,
+    n: usize,
+) -> Option<usize> {
+    write_rw_header_flags(conn, guest_cid, chain, mem, n, 0)
+}
+
+fn write_rw_header_flags(
+    conn: &mut Connection,
+    guest_cid: u64,
+    chain: &ChainBuffers,
+    mem: &DeviceMemory,
+    n: usize,
+    flags: u32,
+) -> Option<usize> {
+    let mut hdr = PacketHeader::new(host_ends(guest_cid, conn.key), conn.kind, Op::Rw);
+    hdr.set_len(n as u32)
+        .set_flags(flags)
+        .set_buf_alloc(conn.credit.buf_alloc)
+        .set_fwd_cnt(conn.credit.fwd_cnt);
+    conn.credit.fwd_cnt_sent = conn.credit.fwd_cnt;
+    conn.credit.rx_cnt = conn.credit.rx_cnt.wrapping_add(n as u32);
+    conn.bytes_to_guest += n as u64;
+    chain.writable.write_at(mem, 0, &hdr.to_bytes()).ok()?;
+    Some(HEADER_SIZE + n)
 }

@@ -42,24 +42,30 @@ pub(super) unsafe fn writev_nosignal(fd: i32, iov: &[libc::iovec]) -> io::Result
     }
 }
 
-/// Host → guest stream data: `readv` straight into the rx buffer after the header.
+/// Host → guest stream data: one `readv` straight into the payload areas (after the header) of
+/// `chains`, at most `caps[i]` bytes into chain `i`, in order.
 pub(super) fn read_stream(
     conn: &mut Connection,
-    chain: &ChainBuffers,
+    chains: &[&ChainBuffers],
+    caps: &[usize],
     mem: &DeviceMemory,
-    room: usize,
     iov: &mut Vec<libc::iovec>,
 ) -> io::Result<usize> {
     let Some(sock) = conn.host.as_ref() else {
         return Ok(0);
     };
-    chain
-        .writable
-        .iovecs(mem, HEADER_SIZE, room, Permissions::Write, iov)
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    iov.clear();
+    let mut piece = Vec::new();
+    for (chain, &cap) in chains.iter().zip(caps) {
+        chain
+            .writable
+            .iovecs(mem, HEADER_SIZE, cap, Permissions::Write, &mut piece)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        iov.extend_from_slice(&piece);
+    }
     loop {
         // SAFETY: the iovecs describe writable guest memory kept mapped by `mem` for this call.
-        let n = unsafe { libc::readv(sock.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+        let n = unsafe { libc::readv(sock.as_raw_fd(), iov.as_ptr(), iov.len().min(1024) as i32) };
         if n >= 0 {
             return Ok(n as usize);
         }
