@@ -22,6 +22,11 @@ pub fn plugin_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
+    // Soong/tradefed: `data_bins` installs the binary next to the test as `vsock_plugin`.
+    let beside = exe.with_file_name("vsock_plugin");
+    if beside.is_file() {
+        return beside;
+    }
     let mut dir = exe.parent().unwrap().to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
