@@ -19,89 +19,26 @@ use std::time::Instant;
 
 use vhost::vhost_user::message::FrontendReq;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vsock_plugin_tests::frontend::iotlb::{self, *};
 
-const IOTLB_MISS: u8 = 1;
-const IOTLB_UPDATE: u8 = 2;
-const IOTLB_INVALIDATE: u8 = 3;
-const PERM_RO: u8 = 1;
-const PERM_WO: u8 = 2;
-const PERM_RW: u8 = 3;
 const BASE: u64 = F_VERSION_1 | F_EVENT_IDX | F_PROTOCOL_FEATURES;
 
-fn iotlb_msg(iova: u64, size: u64, uaddr: u64, perm: u8, kind: u8) -> Vec<u8> {
-    let mut m = vec![0u8; 32];
-    m[0..8].copy_from_slice(&iova.to_ne_bytes());
-    m[8..16].copy_from_slice(&size.to_ne_bytes());
-    m[16..24].copy_from_slice(&uaddr.to_ne_bytes());
-    m[24] = perm;
-    m[25] = kind;
-    m
-}
-
 fn send_iotlb(c: &mut VhostUserClient, msg: &[u8]) -> u64 {
-    c.request_bytes(FrontendReq::IOTLB_MSG, msg, &[], true)
-        .expect("IOTLB_MSG reply")
-        .expect("u64")
+    iotlb::send_iotlb(c, msg).expect("IOTLB_MSG reply")
 }
 
-/// Guest-physical address of a frontend virtual address.
-fn gpa_of(mem: &GuestMemory, va: u64) -> u64 {
-    mem.regions()
-        .iter()
-        .find(|r| va >= r.frontend_va() && va < r.frontend_va() + r.size)
-        .map(|r| r.gpa + (va - r.frontend_va()))
-        .expect("VA inside guest memory")
+fn gpa(mem: &GuestMemory, va: u64) -> u64 {
+    gpa_of(mem, va).expect("VA inside guest memory")
 }
 
-/// `v` with its ring addresses as IOVAs (identity: IOVA = guest-physical address).
-fn with_iovas(mem: &GuestMemory, v: &VringSetup) -> VringSetup {
-    let mut iova = v.clone();
-    iova.desc_va = gpa_of(mem, v.desc_va);
-    iova.avail_va = gpa_of(mem, v.avail_va);
-    iova.used_va = gpa_of(mem, v.used_va);
-    iova
-}
-
-/// QEMU-like session with bit 33 negotiated; ring addresses sent as IOVAs (= GPAs).
-/// `err` is installed as the tx queue's error eventfd.
+/// A cold translated session (misses go to the test IOMMU); `err` is the tx queue's error fd.
 fn translated_handshake(
     c: &mut VhostUserClient,
     mem: &GuestMemory,
     vrings: &[VringSetup],
     err: Option<&EventFd>,
 ) -> std::io::Result<Negotiated> {
-    let mut n = Negotiated::default();
-    n.offered_features = c.get_features()?;
-    n.offered_protocol_features = c.get_protocol_features()?;
-    assert_eq!(
-        n.offered_protocol_features & (PF_BACKEND_REQ | PF_REPLY_ACK),
-        PF_BACKEND_REQ | PF_REPLY_ACK
-    );
-    c.set_protocol_features(n.offered_protocol_features, false)?;
-    assert_eq!(c.set_backend_req_fd(true)?, Some(0));
-    n.features = BASE | F_ACCESS_PLATFORM;
-    assert_eq!(c.set_features(n.features, true)?, Some(0));
-    assert_eq!(c.set_mem_table(mem, true)?, Some(0));
-    for v in vrings {
-        let iova = with_iovas(mem, v);
-        assert_eq!(c.set_vring_num(v.index, v.size as u32, true)?, Some(0));
-        assert_eq!(c.set_vring_base(v.index, 0, true)?, Some(0));
-        assert_eq!(
-            c.set_vring_addr(&iova, true)?,
-            Some(0),
-            "IOVAs outside the memory table are accepted"
-        );
-        if v.index == 1 {
-            if let Some(e) = err {
-                assert_eq!(c.set_vring_err(1, Some(e.as_raw_fd()), true)?, Some(0));
-            }
-        }
-        assert_eq!(c.set_vring_kick(v.index, Some(v.kick), true)?, Some(0));
-        assert_eq!(c.set_vring_call(v.index, Some(v.call), true)?, Some(0));
-        assert_eq!(c.set_vring_enable(v.index, true, true)?, Some(0));
-    }
-    n.protocol_features = n.offered_protocol_features;
-    Ok(n)
+    handshake_translated(c, mem, vrings, err.map(|e| e.as_raw_fd()), false)
 }
 
 /// How the test IOMMU answers misses.
@@ -346,7 +283,7 @@ fn t8_t16_translated_session_misses_first_then_moves_data() {
         mut driver,
         ..
     } = vm;
-    let desc_iova = gpa_of(&mem, driver.vring_setups()[1].desc_va);
+    let desc_iova = gpa(&mem, driver.vring_setups()[1].desc_va);
     let server = IommuServer::start(client, &mem, Answer::MapAll);
     let l = listen(&p.vm().port_path(7002));
     let id = driver
@@ -508,7 +445,7 @@ fn t14_stopping_all_rings_flushes_the_iotlb() {
         .collect();
     let setups = driver.vring_setups();
     for v in &setups {
-        let iova = with_iovas(&mem, v);
+        let iova = with_iovas(&mem, v).unwrap();
         client
             .set_vring_base(v.index, bases[v.index as usize], true)
             .unwrap();

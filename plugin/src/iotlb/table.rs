@@ -7,6 +7,7 @@
 //! is installed (split per region), so a mapping can only ever point into shared guest RAM.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vm_memory::iommu::{IotlbIterator, IovaRange};
@@ -114,6 +115,8 @@ pub struct VhostIommu {
     installed: Mutex<VecDeque<(u64, u64)>>,
     max_entries: usize,
     last_fail: Mutex<Option<TranslationFail>>,
+    /// Bumped by every change, so checks made against the IOTLB can be cached until it changes.
+    generation: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -129,11 +132,19 @@ impl VhostIommu {
             installed: Mutex::new(VecDeque::new()),
             max_entries: max_entries.max(1),
             last_fail: Mutex::new(None),
+            generation: AtomicU64::new(0),
         }
     }
 
+    /// Write access; every writer changes the mappings, so the generation moves on.
     fn write(&self) -> RwLockWriteGuard<'_, vm_memory::Iotlb> {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.iotlb.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes whenever a mapping is added, removed or flushed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, vm_memory::Iotlb> {

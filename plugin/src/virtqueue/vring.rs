@@ -58,6 +58,8 @@ pub struct Vring {
     enabled: bool,
     broken: bool,
     parked: Option<Parked>,
+    /// IOTLB generation at which the whole ring layout was last found accessible.
+    layout_ok_at: Option<u64>,
 }
 
 /// Wraps an fd received from the frontend as an EventFd.
@@ -81,6 +83,7 @@ impl Vring {
             enabled: false,
             broken: false,
             parked: None,
+            layout_ok_at: None,
         })
     }
 
@@ -320,9 +323,17 @@ impl Vring {
                 return None;
             }
         }
-        if translated && !self.layout_accessible(mem) {
-            self.translation_failed(mem);
-            return None;
+        if translated {
+            // Re-checked only when the IOTLB changed since the last successful check: nothing
+            // else can revoke access (the IOTLB changes only between passes, on this thread).
+            let generation = mem.iommu().generation();
+            if self.layout_ok_at != Some(generation) {
+                if !self.layout_accessible(mem) {
+                    self.translation_failed(mem);
+                    return None;
+                }
+                self.layout_ok_at = Some(generation);
+            }
         }
         let popped = match self.queue.iter(mem) {
             Ok(mut iter) => iter.next().map(|chain| ChainBuffers::collect(chain, mem)),

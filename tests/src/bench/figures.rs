@@ -67,6 +67,10 @@ pub enum Figure {
     H2g(usize),
     /// Guest → host 64 KiB writes with the payload in 4 KiB descriptors (Linux 6.12).
     G2hPaged,
+    /// Guest → host 64 KiB writes through IOTLB translation (warm IOTLB), plugin only.
+    G2hIotlb,
+    /// Host → guest 64 KiB writes through IOTLB translation (warm IOTLB), plugin only.
+    H2gIotlb,
     /// 64-byte round trip, guest sends, host echoes.
     RttHostEcho,
     /// 64-byte round trip, host sends, guest echoes.
@@ -85,6 +89,8 @@ impl Figure {
             Figure::H2g(4096),
             Figure::H2g(65536),
             Figure::G2hPaged,
+            Figure::G2hIotlb,
+            Figure::H2gIotlb,
             Figure::RttHostEcho,
             Figure::RttGuestEcho,
             Figure::Setup,
@@ -97,6 +103,8 @@ impl Figure {
             Figure::G2h(w) => format!("g2h-{}k", w / 1024),
             Figure::H2g(w) => format!("h2g-{}k", w / 1024),
             Figure::G2hPaged => "g2h-64k-paged".into(),
+            Figure::G2hIotlb => "g2h-64k-iotlb".into(),
+            Figure::H2gIotlb => "h2g-64k-iotlb".into(),
             Figure::RttHostEcho => "rtt-host-echo".into(),
             Figure::RttGuestEcho => "rtt-guest-echo".into(),
             Figure::Setup => "setup".into(),
@@ -107,6 +115,10 @@ impl Figure {
     /// Whether `s` is measured for this figure (the reference cannot take paged payloads; a
     /// socketpair has no backend memory).
     pub fn applies(self, s: Subject) -> bool {
+        if matches!(self, Figure::G2hIotlb | Figure::H2gIotlb) {
+            // Only the plugin translates through an IOTLB.
+            return s == Subject::Plugin;
+        }
         !matches!(
             (self, s),
             (Figure::G2hPaged, Subject::Reference) | (Figure::Rss, Subject::Socketpair)
@@ -133,18 +145,44 @@ pub fn measure(
     if s == Subject::Socketpair {
         return match fig {
             Figure::G2h(w) | Figure::H2g(w) => sp_throughput(w, p, pat, expect),
-            Figure::G2hPaged => sp_throughput(65536, p, pat, expect),
+            Figure::G2hPaged | Figure::G2hIotlb | Figure::H2gIotlb => {
+                sp_throughput(65536, p, pat, expect)
+            }
             Figure::RttHostEcho | Figure::RttGuestEcho => sp_rtt(p),
             Figure::Setup => sp_setup(p),
             Figure::Rss => Err("no backend".into()),
         };
     }
     let bin = bin.ok_or("no binary")?;
-    let mut be = Backend::start(s, bin).map_err(err("start backend"))?;
+    let iotlb = matches!(fig, Figure::G2hIotlb | Figure::H2gIotlb);
+    let args: &[&str] = if iotlb { &["--iotlb", "required"] } else { &[] };
+    let mut be = Backend::start_with(s, bin, args).map_err(err("start backend"))?;
     let r = match fig {
         Figure::G2h(w) => vs_g2h(&be, w, TxShape::Single, p, pat, expect),
         Figure::G2hPaged => vs_g2h(&be, 65536, TxShape::Paged, p, pat, expect),
+        Figure::G2hIotlb => vs_g2h_with(
+            &be,
+            65536,
+            GuestOpts {
+                iotlb: true,
+                ..Default::default()
+            },
+            p,
+            pat,
+            expect,
+        ),
         Figure::H2g(w) => vs_h2g(&be, w, p, pat, expect),
+        Figure::H2gIotlb => vs_h2g_with(
+            &be,
+            65536,
+            GuestOpts {
+                iotlb: true,
+                ..Default::default()
+            },
+            p,
+            pat,
+            expect,
+        ),
         Figure::RttHostEcho => vs_rtt_host_echo(&be, p),
         Figure::RttGuestEcho => vs_rtt_guest_echo(&be, p),
         Figure::Setup => vs_setup(&be, p),
@@ -266,11 +304,22 @@ fn vs_g2h(
     pat: &Arc<Pattern>,
     expect: u64,
 ) -> Result<Sample, String> {
-    let l = listen(&be.port_path(PORT));
     let opts = GuestOpts {
         tx_shape: shape,
         ..Default::default()
     };
+    vs_g2h_with(be, write, opts, p, pat, expect)
+}
+
+fn vs_g2h_with(
+    be: &Backend,
+    write: usize,
+    opts: GuestOpts,
+    p: &Params,
+    pat: &Arc<Pattern>,
+    expect: u64,
+) -> Result<Sample, String> {
+    let l = listen(&be.port_path(PORT));
     let mut g = Guest::start(&be.socket, opts).map_err(err("handshake"))?;
     let key = g
         .connect(PORT, Sink::Buffer(Vec::new()), T5)
@@ -306,7 +355,18 @@ fn vs_h2g(
     pat: &Arc<Pattern>,
     expect: u64,
 ) -> Result<Sample, String> {
-    let mut g = Guest::start(&be.socket, GuestOpts::default()).map_err(err("handshake"))?;
+    vs_h2g_with(be, write, GuestOpts::default(), p, pat, expect)
+}
+
+fn vs_h2g_with(
+    be: &Backend,
+    write: usize,
+    opts: GuestOpts,
+    p: &Params,
+    pat: &Arc<Pattern>,
+    expect: u64,
+) -> Result<Sample, String> {
+    let mut g = Guest::start(&be.socket, opts).map_err(err("handshake"))?;
     let line = format!("connect {PORT}\n");
     let mut s = hybrid_connect_raw(&be.uds, &[line.as_bytes()]).map_err(err("host connect"))?;
     let key = g

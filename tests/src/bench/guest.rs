@@ -50,6 +50,8 @@ pub struct GuestOpts {
     pub tx_blocks: usize,
     pub buf_alloc: u32,
     pub tx_shape: TxShape,
+    /// Negotiate ACCESS_PLATFORM with IOTLB translation (identity IOVAs), IOTLB warmed up front.
+    pub iotlb: bool,
 }
 
 impl Default for GuestOpts {
@@ -60,6 +62,7 @@ impl Default for GuestOpts {
             tx_blocks: 96,
             buf_alloc: 256 * 1024,
             tx_shape: TxShape::Single,
+            iotlb: false,
         }
     }
 }
@@ -187,8 +190,12 @@ impl Guest {
         let tx_free = (0..opts.tx_blocks)
             .map(|_| mem.alloc(block, 4096))
             .collect();
-        let negotiated =
-            client.handshake_qemu(&mem, &[rxq.setup(), txq.setup()], &QemuOptions::default())?;
+        let setups = [rxq.setup(), txq.setup()];
+        let negotiated = if opts.iotlb {
+            crate::frontend::iotlb::handshake_translated(&mut client, &mem, &setups, None, true)?
+        } else {
+            client.handshake_qemu(&mem, &setups, &QemuOptions::default())?
+        };
         let event_idx = negotiated.features & F_EVENT_IDX != 0;
         for q in [&mut rxq, &mut txq] {
             q.event_idx = event_idx;

@@ -18,6 +18,9 @@ enum Target {
     RefAndLimit(f64, f64),
     /// A value to state, no threshold.
     Stated,
+    /// The plugin's value must be ≥ this share of its own value for another figure
+    /// (translated vs untranslated).
+    OfPlugin(Figure, f64),
 }
 
 struct Row {
@@ -74,6 +77,22 @@ fn rows() -> Vec<Row> {
             0,
             true,
             tp,
+        ),
+        r(
+            "g2h throughput, 64 KiB writes, IOTLB translated, warm (MB/s)",
+            Figure::G2hIotlb,
+            "mbps",
+            0,
+            true,
+            Target::OfPlugin(Figure::G2h(65536), 0.8),
+        ),
+        r(
+            "h2g throughput, 64 KiB writes, IOTLB translated, warm (MB/s)",
+            Figure::H2gIotlb,
+            "mbps",
+            0,
+            true,
+            Target::OfPlugin(Figure::H2g(65536), 0.8),
         ),
         r(
             "g2h throughput, 64 KiB writes in 4 KiB descriptors (MB/s)",
@@ -253,6 +272,8 @@ pub fn table(res: &Results, subjects: &[Subject]) -> (String, Vec<(String, Optio
         }
         let ref_cell = if row.fig == Figure::G2hPaged {
             "n/a (rejects)".to_string()
+        } else if matches!(row.fig, Figure::G2hIotlb | Figure::H2gIotlb) {
+            "n/a (no IOTLB)".to_string()
         } else {
             fmt(r, row.decimals)
         };
@@ -261,6 +282,18 @@ pub fn table(res: &Results, subjects: &[Subject]) -> (String, Vec<(String, Optio
         let (target, met) = match row.target {
             Target::None => ("—".to_string(), None),
             Target::Stated => ("bounded, stated".to_string(), p.map(|_| true)),
+            Target::OfPlugin(base, share) => {
+                let untranslated = med(res, base, Subject::Plugin, row.key);
+                let met = ratio(p, untranslated).map(|q| q >= share);
+                let t = format!(
+                    "≥ {:.0}% of untranslated ({})",
+                    share * 100.0,
+                    ratio(p, untranslated)
+                        .map(|q| format!("{:.0}%", q * 100.0))
+                        .unwrap_or_else(|| "—".into())
+                );
+                (t, met)
+            }
             Target::Ref(x) => {
                 let t = if row.higher_better {
                     format!("≥ {x}× ref")
@@ -392,7 +425,11 @@ pub fn raw(res: &Results, subjects: &[Subject], figures: &[Figure]) -> String {
     let mut out = String::new();
     for &fig in figures {
         let key = match fig {
-            Figure::G2h(_) | Figure::H2g(_) | Figure::G2hPaged => "mbps",
+            Figure::G2h(_)
+            | Figure::H2g(_)
+            | Figure::G2hPaged
+            | Figure::G2hIotlb
+            | Figure::H2gIotlb => "mbps",
             Figure::RttHostEcho | Figure::RttGuestEcho => "p50_us",
             Figure::Setup => "conn_per_s",
             Figure::Rss => "hwm_kib",

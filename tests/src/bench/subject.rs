@@ -131,6 +131,11 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(subject: Subject, bin: &Path) -> io::Result<Backend> {
+        Self::start_with(subject, bin, &[])
+    }
+
+    /// As [`Self::start`], with extra backend arguments (e.g. `--iotlb required`).
+    pub fn start_with(subject: Subject, bin: &Path, args: &[&str]) -> io::Result<Backend> {
         let dir = TempDir::new()?;
         let socket = dir.join("v.sock");
         let uds = dir.join("h.sock");
@@ -141,6 +146,7 @@ impl Backend {
             .arg("--uds-path")
             .arg(&uds)
             .args(extra_args(subject))
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("VSOCK_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),

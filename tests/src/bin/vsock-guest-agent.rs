@@ -150,6 +150,7 @@ fn run_command(rest: &str, out: &Arc<Mutex<std::fs::File>>) {
         "answer" => answer(port, &text("text"), ready),
         "bulk_send" => bulk_send(cid, port, get("bytes", 0), get("seed", 1)),
         "bulk_recv" => bulk_recv(port, ready),
+        "exec" => exec(&text("cmd"), get("timeout_ms", 60000)),
         other => Err(format!("unknown op {other}")),
     };
     let ms = start.elapsed().as_millis();
@@ -598,6 +599,45 @@ fn bulk_recv(port: u32, ready: impl FnOnce()) -> OpResult {
         "bytes={bytes} sum={v:016x} mbps={:.1}",
         bytes as f64 / start.elapsed().as_secs_f64() / 1e6
     ))
+}
+
+/// Runs `/bin/sh -c cmd` (stdout and stderr together) with a time limit; PASS when it exits 0.
+/// The detail is `status=<n> out=<escaped last 8000 bytes of output>`.
+fn exec(cmd: &str, timeout_ms: u64) -> OpResult {
+    use std::process::{Command, Stdio};
+    let out_path = "/tmp/agent-exec.out";
+    let file = std::fs::File::create(out_path).map_err(|e| format!("{out_path}: {e}"))?;
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().map_err(|e| e.to_string())?)
+        .stderr(file)
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break st.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -2;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let out = std::fs::read(out_path).unwrap_or_default();
+    let tail = &out[out.len().saturating_sub(8000)..];
+    let detail = format!(
+        "status={status} out={}",
+        escape(&String::from_utf8_lossy(tail))
+    );
+    if status == 0 {
+        Ok(detail)
+    } else {
+        Err(detail)
+    }
 }
 
 fn read_to_eof(s: &mut Vsock, limit: Duration) -> io::Result<Vec<u8>> {

@@ -5,12 +5,14 @@
 //! - [`split_queue`]: the driver side of a split virtqueue.
 //! - [`vsock_packet`]: the 44-byte virtio-vsock header and constants.
 //! - [`vsock_driver`]: a guest vsock driver (raw packets and a stream API with credit).
+//! - [`iotlb`]: IOTLB messages and a translated (ACCESS_PLATFORM + IOVA) session.
 //! - [`host_side`]: host services and hybrid-vsock clients, all with timeouts.
 //! - [`plugin_process`]: runs the `vsock-plugin` binary in a temporary directory.
 //! - [`vm`]: ties them together: one VM = frontend connection + guest memory + driver.
 
 pub mod guest_memory;
 pub mod host_side;
+pub mod iotlb;
 pub mod plugin_process;
 pub mod split_queue;
 pub mod vhost_user_client;

@@ -19,10 +19,10 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
-for m in $(cat /lib/modules/order); do
-  insmod /lib/modules/$m.ko || echo "init: insmod $m failed"
-done
-echo "init: kernel $(uname -r), modules: $(cat /lib/modules/order | tr '\n' ' ')"
+while read -r m args; do
+  insmod /lib/modules/$m.ko $args || echo "init: insmod $m failed"
+done < /lib/modules/order
+echo "init: kernel $(uname -r), modules: $(cut -d' ' -f1 /lib/modules/order | tr '\n' ' ')"
 for d in /sys/bus/virtio/devices/*; do
   [ -e "$d/device" ] && echo "init: $d device=$(cat $d/device) features=$(cat $d/features)"
 done
@@ -38,6 +38,19 @@ pub fn build(
     busybox: &Path,
     agent: &Path,
     out: &Path,
+) -> Result<Vec<String>, String> {
+    build_with(kernel, busybox, agent, out, &[], &[])
+}
+
+/// [`build`] plus `extra_modules` (module, insmod parameters; loaded after the vsock modules with
+/// their dependencies) and `extra_files` (path in the image, mode, contents).
+pub fn build_with(
+    kernel: &Kernel,
+    busybox: &Path,
+    agent: &Path,
+    out: &Path,
+    extra_modules: &[(&str, &str)],
+    extra_files: &[(&str, u32, Vec<u8>)],
 ) -> Result<Vec<String>, String> {
     let mut a = Cpio::default();
     for d in [
@@ -60,9 +73,17 @@ pub fn build(
     a.file("bin/busybox", 0o755, &read(busybox)?);
     a.file("bin/vsock-guest-agent", 0o755, &read(agent)?);
 
+    for (path, mode, body) in extra_files {
+        a.file(path, *mode, body);
+    }
     let mut order = Vec::new();
+    let mut lines = Vec::new();
     let mut seen = HashSet::new();
-    for top in TOP_MODULES {
+    let tops = TOP_MODULES
+        .iter()
+        .map(|m| (*m, ""))
+        .chain(extra_modules.iter().copied());
+    for (top, params) in tops {
         for path in module_chain(kernel, top)? {
             let name = module_name(&path);
             if seen.insert(name.clone()) {
@@ -71,11 +92,17 @@ pub fn build(
                     0o644,
                     &decompress(&path)?,
                 );
+                let p = if module_name(&path) == top.replace('-', "_") {
+                    params
+                } else {
+                    ""
+                };
+                lines.push(format!("{name} {p}").trim_end().to_string());
                 order.push(name);
             }
         }
     }
-    let mut list = order.join("\n");
+    let mut list = lines.join("\n");
     list.push('\n');
     a.file("lib/modules/order", 0o644, list.as_bytes());
     std::fs::write(out, a.finish()).map_err(|e| format!("{}: {e}", out.display()))?;

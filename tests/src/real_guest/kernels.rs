@@ -48,7 +48,12 @@ pub fn default_cache_dir() -> PathBuf {
 
 /// Reads `<cache>/kernels.tsv` (`line package version release root`, tab-separated).
 pub fn load(cache: &Path) -> Result<Vec<Kernel>, String> {
-    let path = cache.join("kernels.tsv");
+    load_manifest(cache, "kernels.tsv")
+}
+
+/// Reads another manifest of the same format, e.g. `generic.tsv` (`setup --generic`).
+pub fn load_manifest(cache: &Path, name: &str) -> Result<Vec<Kernel>, String> {
+    let path = cache.join(name);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("{}: {e} (run tests/real-guest/setup first)", path.display()))?;
     let mut out = Vec::new();

@@ -2,6 +2,7 @@
 //! and runs the guest side of each case in `vsock-guest-agent`. Entry point: `tests/real-guest/run`
 //! (setup, builds, then the `real-guest` binary, i.e. [`runner::main`]).
 pub mod backend;
+pub mod binder;
 pub mod cases;
 pub mod host;
 pub mod initramfs;

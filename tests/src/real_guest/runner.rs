@@ -13,7 +13,7 @@ use super::cases::{self, CaseResult, Fail, Guest, BOOT_CASES};
 use super::kernels::{self, Kernel};
 use super::qemu::{QemuConfig, Vm};
 use super::util::{indent, which};
-use super::{host, initramfs, iommu, measure};
+use super::{binder, host, initramfs, iommu, measure};
 
 pub const RESTART_CASE: &str = "qemu_restart";
 pub const SIBLINGS_CASE: &str = "siblings_groups";
@@ -49,6 +49,13 @@ const USAGE: &str = "usage: real-guest [options]
   --rounds N                measure rounds per backend (default 3)
   --transfers N             transfers each way per run (default 3)
   --mib N                   MiB per transfer (default 256)
+  --binder                  instead of the cases: the control plane over kernel binder in a guest
+                            (generic 6.12 kernel from `setup --generic`, binder_linux, rsb_hub, a
+                            static vsock-plugin with --control binder://vsock, ctl calls)
+  --guest-plugin PATH       static plugin for --binder (default <target dir>/x86_64-unknown-linux-gnu/release/vsock-plugin)
+  --rsb-hub PATH            static rsb_hub for --binder (default: rsb_hub in $PATH)
+  --registry-probe PATH     static binder-registry-probe for --binder (default: the one `run --binder`
+                            builds in <cache>/probe, if present; without it the registry steps are skipped)
 The IOMMU cases (viommu_translated, viommu_iotlb_off_refused, iotlb_auto_no_viommu,
 access_platform_qemu_refused) append plugin options (--iotlb required|auto, --access-platform) to the
 backend template; they run by default only when the backend program is vsock-plugin.
@@ -70,6 +77,10 @@ struct Options {
     /// Every `--backend` given, in order (measure mode runs them all).
     backends: Vec<String>,
     measure: bool,
+    binder: bool,
+    guest_plugin: Option<PathBuf>,
+    rsb_hub: Option<PathBuf>,
+    probe: Option<PathBuf>,
     rounds: u32,
     transfers: u32,
     mib: u64,
@@ -102,6 +113,10 @@ fn parse_args() -> Result<Options, String> {
         keep: false,
         backends: Vec::new(),
         measure: false,
+        binder: false,
+        guest_plugin: None,
+        rsb_hub: None,
+        probe: None,
         rounds: 3,
         transfers: 3,
         mib: 256,
@@ -124,6 +139,10 @@ fn parse_args() -> Result<Options, String> {
                 o.backends.push(o.backend.clone());
             }
             "--measure" => o.measure = true,
+            "--binder" => o.binder = true,
+            "--guest-plugin" => o.guest_plugin = Some(val()?.into()),
+            "--rsb-hub" => o.rsb_hub = Some(val()?.into()),
+            "--registry-probe" => o.probe = Some(val()?.into()),
             "--rounds" => o.rounds = num(&val()?)?,
             "--transfers" => o.transfers = num(&val()?)?,
             "--mib" => o.mib = num::<u64>(&val()?)?,
@@ -437,6 +456,9 @@ pub fn main() -> ExitCode {
     };
     if o.measure {
         return run_measure(&o, &all, &qemu, &agent, &workdir);
+    }
+    if o.binder {
+        return run_binder(&o, &qemu, &agent, &workdir, report);
     }
 
     for k in &selected {
@@ -991,6 +1013,81 @@ fn run_measure(o: &Options, all: &[Kernel], qemu: &Path, agent: &Path, workdir: 
         println!("real-guest: logs kept in {}", workdir.display());
     }
     if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `--binder`: the control plane over kernel binder inside a generic-kernel guest.
+fn run_binder(
+    o: &Options,
+    qemu: &Path,
+    agent: &Path,
+    workdir: &Path,
+    mut report: Report,
+) -> ExitCode {
+    let ks = match kernels::load_manifest(&o.cache, "generic.tsv") {
+        Ok(k) => k,
+        Err(e) => {
+            println!("real-guest: {e} (run tests/real-guest/setup --generic)");
+            println!("0 passed, 1 failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let guest_plugin = o
+        .guest_plugin
+        .clone()
+        .or_else(|| target_dir().map(|t| t.join("x86_64-unknown-linux-gnu/release/vsock-plugin")))
+        .unwrap_or_default();
+    let rsb_hub = o
+        .rsb_hub
+        .clone()
+        .or_else(|| which("rsb_hub"))
+        .unwrap_or_else(|| PathBuf::from("rsb_hub"));
+    for k in &ks {
+        println!("real-guest: kernel {}: {}", k.line, k.describe());
+        println!(
+            "real-guest: guest plugin {}, rsb_hub {}",
+            guest_plugin.display(),
+            rsb_hub.display()
+        );
+        let bo =
+            binder::BinderOptions {
+                backend: o.backend.clone(),
+                qemu: QemuConfig {
+                    qemu: qemu.to_path_buf(),
+                    accel: o.accel.clone(),
+                    mem_mb: 512,
+                    ..Default::default()
+                },
+                busybox: o.busybox.clone(),
+                agent: agent.to_path_buf(),
+                guest_plugin: guest_plugin.clone(),
+                rsb_hub: rsb_hub.clone(),
+                probe: o.probe.clone().or_else(|| {
+                    Some(o.cache.join(
+                        "probe/target/x86_64-unknown-linux-gnu/release/binder-registry-probe",
+                    ))
+                    .filter(|p| p.is_file())
+                }),
+                dir: workdir.join(format!("k{}", k.line)),
+            };
+        let t = Instant::now();
+        for (i, (name, res)) in binder::run(k, &bo).into_iter().enumerate() {
+            // The steps run in one script: the whole time goes on the first line.
+            let took = if i == 0 { t.elapsed() } else { Duration::ZERO };
+            report.record(&k.line, &name, took, &res, String::new);
+        }
+    }
+    let clean = report.failed == 0;
+    if clean && !o.keep && o.workdir.is_none() {
+        let _ = std::fs::remove_dir_all(workdir);
+    } else {
+        println!("real-guest: logs kept in {}", workdir.display());
+    }
+    println!("{} passed, {} failed", report.passed, report.failed);
+    if clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
