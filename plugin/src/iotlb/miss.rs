@@ -3,8 +3,10 @@
 //!
 //! Each MISS is `BACKEND_IOTLB_MSG` (id 1) with NEED_REPLY; the frontend answers 0 once it has
 //! sent an UPDATE covering the address (on the main channel), or non-zero / nothing useful when
-//! the address is invalid. Replies arrive in order, so a FIFO of the queues waiting maps each
-//! reply to its queue. The channel is read from the worker's event loop; nothing waits on it.
+//! the address is invalid. Replies arrive in order, so a FIFO of (queue, IOVA) maps each reply
+//! to the exact MISS it answers: a reply can arrive after an UPDATE already resolved its miss and
+//! the queue parked on another address, and must not be taken as the answer to that one. The
+//! channel is read from the worker's event loop; nothing waits on it.
 
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
@@ -19,7 +21,7 @@ pub const BACKEND_IOTLB_MSG: u32 = 1;
 
 pub struct BackendChannel {
     sock: UnixStream,
-    awaiting: VecDeque<usize>,
+    awaiting: VecDeque<(usize, u64)>,
 }
 
 impl BackendChannel {
@@ -46,12 +48,13 @@ impl BackendChannel {
             &encode_miss(iova, perm),
             &[],
         )?;
-        self.awaiting.push_back(queue);
+        self.awaiting.push_back((queue, iova));
         Ok(())
     }
 
-    /// Reads one reply: the queue it answers and the frontend's status (0 = handled).
-    pub fn read_reply(&mut self) -> Result<Option<(usize, u64)>, WireError> {
+    /// Reads one reply: the queue and IOVA of the MISS it answers, and the frontend's status
+    /// (0 = handled).
+    pub fn read_reply(&mut self) -> Result<Option<(usize, u64, u64)>, WireError> {
         let msg = wire::recv_reply(&self.sock)?;
         if msg.request != BACKEND_IOTLB_MSG || msg.payload.len() != 8 {
             log::warn!(
@@ -66,6 +69,6 @@ impl BackendChannel {
         Ok(self
             .awaiting
             .pop_front()
-            .map(|q| (q, u64::from_ne_bytes(b))))
+            .map(|(q, iova)| (q, iova, u64::from_ne_bytes(b))))
     }
 }

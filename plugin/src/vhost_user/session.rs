@@ -179,9 +179,9 @@ impl FrontendSession {
             return Ok(());
         };
         match ch.read_reply() {
-            Ok(Some((q, status))) => {
+            Ok(Some((q, iova, status))) => {
                 if let Some(v) = self.vrings.get_mut(q) {
-                    v.miss_answered(status);
+                    v.miss_answered(iova, status);
                     self.changes.queues_ready |= 1 << q;
                 }
                 Ok(())

@@ -215,9 +215,14 @@ impl Vring {
         }
     }
 
-    /// The frontend answered this queue's MISS (`status` 0 = handled).
-    pub fn miss_answered(&mut self, status: u64) {
-        if let Some(p) = &mut self.parked {
+    /// The frontend answered this queue's MISS for `iova` (`status` 0 = handled). An answer to
+    /// an earlier MISS, already resolved by an UPDATE, is not an answer to the current one.
+    pub fn miss_answered(&mut self, iova: u64, status: u64) {
+        if let Some(p) = self
+            .parked
+            .as_mut()
+            .filter(|p| p.miss_sent && p.fail.iova == iova)
+        {
             if status != 0 {
                 let why = format!(
                     "the frontend refused to map IOVA {:#x} (MISS answered {status})",
@@ -426,5 +431,49 @@ impl Vring {
         if let Err(e) = self.queue.disable_notification(mem) {
             self.fail(mem, mem.get_iommu_enabled(), &e.to_string(), false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked_at(v: &mut Vring, iova: u64) {
+        v.started = true;
+        v.enabled = true;
+        v.parked = Some(Parked {
+            fail: TranslationFail {
+                iova,
+                access: Permissions::Read,
+                miss: true,
+            },
+            since: Instant::now(),
+            miss_sent: true,
+            answered: false,
+            retry: false,
+        });
+    }
+
+    /// Regression (seen with QEMU and a real vIOMMU): an UPDATE resolves a miss before the
+    /// frontend's reply to that MISS arrives; the queue then parks on another address. The late
+    /// reply must not count as the answer to the new MISS (it used to, and the retry that followed
+    /// stopped the queue with "still unmapped after the frontend answered").
+    #[test]
+    fn a_late_answer_to_an_older_miss_is_not_the_answer_to_the_current_one() {
+        let mut v = Vring::new(256).unwrap();
+        parked_at(&mut v, 0x2000);
+        v.miss_answered(0x1000, 0);
+        let p = v.parked().unwrap();
+        assert!(!p.answered && !p.retry, "{p:?}");
+        assert!(v.is_ready());
+        v.miss_answered(0x2000, 0);
+        let p = v.parked().unwrap();
+        assert!(p.answered && p.retry, "{p:?}");
+        // A refusal for the current miss stops the queue; one for an old miss does not.
+        parked_at(&mut v, 0x3000);
+        v.miss_answered(0x2000, 1);
+        assert!(v.is_ready());
+        v.miss_answered(0x3000, 1);
+        assert!(!v.is_ready());
     }
 }

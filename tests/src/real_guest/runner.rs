@@ -21,12 +21,10 @@ pub const SIBLINGS_CASE: &str = "siblings_groups";
 pub const SIBLINGS_BULK_CASE: &str = "siblings_bulk";
 /// Pseudo-case recorded once per kernel: the guest booted and reads its CID from the device.
 pub const BOOT_CASE: &str = "boot";
-/// Cases that run only when named with `--case` (new cases until they pass everywhere).
-/// `viommu_translated` (T18, combination D) fails against the plugin as of this writing: a MISS
-/// reply is matched to its queue, not to the IOVA it asked for, so a queue that re-parked on the
-/// next page after an UPDATE takes the earlier MISS's reply as its own answer and stops
-/// ("IOVA … still unmapped after the frontend answered the MISS").
-pub const OPT_IN_CASES: &[&str] = &[iommu::VIOMMU_TRANSLATED];
+/// Cases that run only when named with `--case` (new cases until they pass everywhere). None at
+/// the moment: `viommu_translated` was one until the plugin matched each MISS reply to the IOVA
+/// it answers.
+pub const OPT_IN_CASES: &[&str] = &[];
 
 const USAGE: &str = "usage: real-guest [options]
   --backend TEMPLATE        backend command for one VM; {cid} {socket} {uds} are replaced
