@@ -223,11 +223,6 @@ mod tests {
     use vm_memory::Bytes;
 
     fn memfd(size: u64) -> File {
-        let f = tempfile_like(size);
-        f
-    }
-
-    fn tempfile_like(size: u64) -> File {
         // SAFETY: memfd_create with a valid C string.
         let fd = unsafe { libc::memfd_create(c"vsock-test".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(fd >= 0);

@@ -116,6 +116,8 @@ macro_rules! le_accessors {
     };
 }
 
+// `len` is the payload length field, not a collection size.
+#[allow(clippy::len_without_is_empty)]
 impl PacketHeader {
     le_accessors! {
         src_cid / set_src_cid: src_cid: u64,
