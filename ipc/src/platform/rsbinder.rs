@@ -253,6 +253,29 @@ impl std::fmt::Debug for ClientHandle {
     }
 }
 
+/// Looks `name` up. Kernel binder's `get` waits for the service without limit (AOSP
+/// `waitForService`); with a `timeout` the wait is bounded instead, so a caller such as `ctl`
+/// fails with NameNotFound rather than hanging when no plugin serves that name.
+fn resolve<T: rsbinder::FromIBinder + ?Sized>(
+    client: &rsbinder::Client,
+    name: &str,
+    timeout: Option<Duration>,
+) -> Result<Strong<T>, StatusCode> {
+    let Some(timeout) = timeout else {
+        return client.get::<T>(name);
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(svc) = client.try_get::<T>(name)? {
+            return Ok(svc);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StatusCode::NameNotFound);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn open(
     uri: &ControlUri,
     callbacks: bool,
@@ -281,7 +304,7 @@ pub fn connect_control(
 ) -> Result<(Strong<dyn IDeviceControl>, ClientHandle), StatusCode> {
     let client = open(uri, listen, timeout)?;
     let (name, _) = super::service_names(uri.instance());
-    let svc = client.get::<dyn IDeviceControl>(&name)?;
+    let svc = resolve::<dyn IDeviceControl>(&client, &name, timeout)?;
     Ok((
         svc,
         ClientHandle {
@@ -297,7 +320,7 @@ pub fn connect_registry(
 ) -> Result<(Strong<dyn IHostServiceRegistry>, ClientHandle), StatusCode> {
     let client = open(uri, true, timeout)?;
     let (_, name) = super::service_names(uri.instance());
-    let svc = client.get::<dyn IHostServiceRegistry>(&name)?;
+    let svc = resolve::<dyn IHostServiceRegistry>(&client, &name, timeout)?;
     Ok((
         svc,
         ClientHandle {
