@@ -170,11 +170,10 @@ impl Plugin {
         let allow = vsock_plugin_ipc::AllowList::new(
             opts.control_allow_uids.iter().copied().chain([own_uid]),
         );
-        let plane = vsock_plugin_ipc::ControlPlane::new(
-            Arc::new(control::PluginControl::new(vms.clone())),
-            allow,
-        );
-        let ctl = control::Control::new(plane, &vms);
+        let policy = control::SharedPolicy::default();
+        let device_control = control::PluginControl::new(vms.clone(), policy.clone());
+        let plane = vsock_plugin_ipc::ControlPlane::new(Arc::new(device_control), allow);
+        let ctl = control::Control::new(plane, &vms, policy);
         let server = ctl
             .plane
             .serve(&parsed, &Default::default())

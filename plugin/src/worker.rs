@@ -149,15 +149,9 @@ impl VmWorker {
 
     /// Attaches the control plane: its mailbox (requests arrive with a wake-up) and the device's
     /// routing and event hooks.
-    pub fn attach_control(
-        &mut self,
-        control: Arc<VmControl>,
-        hooks: (
-            Box<dyn crate::host::route::RouteRequests>,
-            Box<dyn crate::host::route::ConnectionEvents>,
-        ),
-    ) {
-        self.device.attach_control(hooks.0, hooks.1);
+    pub fn attach_control(&mut self, control: Arc<VmControl>, hooks: crate::control::Hooks) {
+        self.device
+            .attach_control(hooks.router, hooks.events, hooks.limits);
         self.control = Some(control);
     }
 

@@ -151,3 +151,49 @@ fn ctl_without_a_plugin_fails_cleanly() {
     assert!(!ok);
     assert!(!out.contains("panicked"), "{out}");
 }
+
+#[test]
+fn a_policy_connection_limit_applies_to_new_guest_connections() {
+    let s = plugin_with_control();
+    let (ok, out) = ctl(
+        &s.uri,
+        &[
+            "policy",
+            "allow",
+            "--port",
+            "6003",
+            "--max-connections",
+            "1",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, caps) = ctl(&s.uri, &["caps"]);
+    assert!(
+        ok && caps.contains("policy-limits"),
+        "limits are advertised: {caps}"
+    );
+    let mut vm = qemu_vm(&s.p);
+    let l = listen(&s.p.vm().port_path(6003));
+    let first = vm
+        .driver
+        .connect(2, 6003, TYPE_STREAM)
+        .expect("first connection");
+    let _h = accept_timeout(&l, secs(5)).unwrap();
+    let err = vm.driver.connect(2, 6003, TYPE_STREAM).unwrap_err();
+    assert!(
+        err.to_string().contains("RST") || err.to_string().contains("reset"),
+        "{err}"
+    );
+    assert!(
+        s.p.stderr_tail(8000).contains("policy limit 1"),
+        "{}",
+        s.p.stderr_tail(8000)
+    );
+    // Other ports are not limited; closing the first frees its place.
+    let (_id, _host, _l2) = guest_to_host(&mut vm, &s.p, 6004);
+    vm.driver.send_ctrl(first, OP_RST, 0).unwrap();
+    std::thread::sleep(ms(200));
+    vm.driver
+        .connect(2, 6003, TYPE_STREAM)
+        .expect("a place is free again");
+}

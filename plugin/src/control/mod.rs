@@ -8,17 +8,21 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
+use vsock_plugin_ipc::policy::PolicyTable;
 use vsock_plugin_ipc::proto::control::{
     ConnectionInfo, ConnectionState, Counter, DeviceState, IotlbMode, Metrics, PolicyRule,
     RouteKind, Status, VmStatus,
 };
 use vsock_plugin_ipc::{ControlError, ControlPlane, DeviceControl, PortResolver, Route};
 
-use crate::host::route::{ConnectionEvents, HostRoute, RouteRequests};
+use crate::config::{MAX_TX_BUFFER_SIZE, MIN_TX_BUFFER_SIZE};
+use crate::host::route::{
+    ConnectionEvents, ConnectionLimits, HostRoute, PortLimits, RouteRequests,
+};
 use crate::vsock::connection::{ConnKey, State};
 use crate::vsock::device::{ConnSnapshot, Stats};
 
@@ -97,17 +101,23 @@ impl VmControl {
     }
 }
 
+/// The policy table as last applied, shared with every VM's device for per-port limits
+/// (allow/deny itself is decided by the resolver).
+pub type SharedPolicy = Arc<RwLock<PolicyTable>>;
+
 /// `DeviceControl` over every VM of this process.
 pub struct PluginControl {
     vms: Vec<Arc<VmControl>>,
     started: Instant,
+    policy: SharedPolicy,
 }
 
 impl PluginControl {
-    pub fn new(vms: Vec<Arc<VmControl>>) -> PluginControl {
+    pub fn new(vms: Vec<Arc<VmControl>>, policy: SharedPolicy) -> PluginControl {
         PluginControl {
             vms,
             started: Instant::now(),
+            policy,
         }
     }
 
@@ -220,10 +230,27 @@ impl DeviceControl for PluginControl {
         }
     }
 
-    fn apply_policy(&self, _rules: &[PolicyRule]) -> Result<(), ControlError> {
-        // Allow/deny is enforced by the resolver on every new connection; per-rule limits are
-        // not enforced by the device (enforces_policy_limits() stays false, so they are refused).
+    /// Allow/deny is enforced by the resolver; the limits by each VM's device on new guest
+    /// connections (existing ones keep what they had).
+    fn apply_policy(&self, rules: &[PolicyRule]) -> Result<(), ControlError> {
+        for r in rules {
+            let b = r.limits.buf_alloc;
+            if b != 0 && !(MIN_TX_BUFFER_SIZE..=MAX_TX_BUFFER_SIZE).contains(&b) {
+                return Err(ControlError::InvalidArgument(format!(
+                    "limits.buf_alloc {b} is outside {MIN_TX_BUFFER_SIZE}..={MAX_TX_BUFFER_SIZE} (0 = the VM's default)"
+                )));
+            }
+        }
+        let mut table = PolicyTable::default();
+        table
+            .apply(rules, true)
+            .map_err(ControlError::InvalidArgument)?;
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = table;
         Ok(())
+    }
+
+    fn enforces_policy_limits(&self) -> bool {
+        true
     }
 
     fn reset_connection(
@@ -310,14 +337,41 @@ impl ConnectionEvents for Events {
     }
 }
 
-/// The control plane with its resolver pool, ready to hand each VM its router and events.
+/// Per-port limits of one VM, from the shared policy table.
+pub struct Limits {
+    cid: u64,
+    policy: SharedPolicy,
+}
+
+impl ConnectionLimits for Limits {
+    fn limits(&self, port: u32) -> PortLimits {
+        let table = self.policy.read().unwrap_or_else(|p| p.into_inner());
+        table
+            .lookup(self.cid, port)
+            .map(|r| PortLimits {
+                max_connections: r.limits.max_connections,
+                buf_alloc: r.limits.buf_alloc,
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// What the control plane plugs into one VM's device.
+pub struct Hooks {
+    pub router: Box<dyn RouteRequests>,
+    pub events: Box<dyn ConnectionEvents>,
+    pub limits: Box<dyn ConnectionLimits>,
+}
+
+/// The control plane with its resolver pool, ready to hand each VM its hooks.
 pub struct Control {
     pub plane: Arc<ControlPlane>,
     jobs: Sender<Job>,
+    policy: SharedPolicy,
 }
 
 impl Control {
-    pub fn new(plane: ControlPlane, vms: &[Arc<VmControl>]) -> Control {
+    pub fn new(plane: ControlPlane, vms: &[Arc<VmControl>], policy: SharedPolicy) -> Control {
         let plane = Arc::new(plane);
         for vm in vms {
             let _ = vm.plane.set(plane.clone());
@@ -331,20 +385,25 @@ impl Control {
                 .name("vsock-route".into())
                 .spawn(move || resolve_loop(&rx, resolver.as_ref()));
         }
-        Control { plane, jobs }
+        Control {
+            plane,
+            jobs,
+            policy,
+        }
     }
 
-    pub fn hooks(
-        &self,
-        vm: &Arc<VmControl>,
-    ) -> (Box<dyn RouteRequests>, Box<dyn ConnectionEvents>) {
-        (
-            Box::new(Router {
+    pub fn hooks(&self, vm: &Arc<VmControl>) -> Hooks {
+        Hooks {
+            router: Box::new(Router {
                 vm: vm.clone(),
                 jobs: self.jobs.clone(),
             }),
-            Box::new(Events { vm: vm.clone() }),
-        )
+            events: Box::new(Events { vm: vm.clone() }),
+            limits: Box::new(Limits {
+                cid: vm.cid,
+                policy: self.policy.clone(),
+            }),
+        }
     }
 }
 

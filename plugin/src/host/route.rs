@@ -29,3 +29,17 @@ pub trait ConnectionEvents: Send {
     fn opened(&self, key: ConnKey, host_initiated: bool, via_service: bool);
     fn closed(&self, key: ConnKey, reason: &str);
 }
+
+/// Per-port limits set by the control plane's policy, for guest connections to host `port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortLimits {
+    /// Most concurrent guest connections to the port (0 = no per-port limit).
+    pub max_connections: u32,
+    /// `buf_alloc` advertised for these connections (0 = the VM's tx-buffer-size).
+    pub buf_alloc: u32,
+}
+
+/// Looks up the limits that apply to a guest connection to host `port`.
+pub trait ConnectionLimits: Send {
+    fn limits(&self, port: u32) -> PortLimits;
+}

@@ -35,7 +35,7 @@ use super::connection::{ConnKey, Connection, State};
 use super::packet::{kind, seq, shutdown, Endpoints, Op, PacketHeader, HEADER_SIZE, HOST_CID};
 use crate::config::OkReply;
 use crate::host::connect_line::{ConnectLine, LineState};
-use crate::host::route::{ConnectionEvents, HostRoute, RouteRequests};
+use crate::host::route::{ConnectionEvents, ConnectionLimits, HostRoute, RouteRequests};
 use crate::host::sibling::{Delivery, SiblingPort, SiblingRouter};
 use crate::host::unix::{self, Connect};
 use crate::vhost_user::features::{EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
@@ -134,6 +134,7 @@ pub struct VsockDevice {
     /// Set when a control plane decides where guest connections go.
     host_router: Option<Box<dyn RouteRequests>>,
     events: Option<Box<dyn ConnectionEvents>>,
+    limits: Option<Box<dyn ConnectionLimits>>,
 }
 
 /// One connection as status reports show it.
@@ -184,6 +185,7 @@ impl VsockDevice {
             rx_extra_used: Vec::new(),
             host_router: None,
             events: None,
+            limits: None,
         }
     }
 
@@ -192,9 +194,11 @@ impl VsockDevice {
         &mut self,
         router: Box<dyn RouteRequests>,
         events: Box<dyn ConnectionEvents>,
+        limits: Box<dyn ConnectionLimits>,
     ) {
         self.host_router = Some(router);
         self.events = Some(events);
+        self.limits = Some(limits);
     }
 
     pub fn snapshot(&self) -> Vec<ConnSnapshot> {

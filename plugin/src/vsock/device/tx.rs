@@ -251,6 +251,32 @@ impl VsockDevice {
             self.reply_rst(hdr);
             return;
         }
+        let limits = self
+            .limits
+            .as_ref()
+            .map(|l| l.limits(key.host_port))
+            .unwrap_or_default();
+        if limits.max_connections > 0 {
+            let open = self
+                .conns
+                .iter()
+                .filter(|c| c.key.host_port == key.host_port && !c.host_initiated)
+                .count();
+            if open >= limits.max_connections as usize {
+                log::warn!(
+                    "guest connect to port {} refused: {open} connections open (policy limit {})",
+                    key.host_port,
+                    limits.max_connections
+                );
+                self.reply_rst(hdr);
+                return;
+            }
+        }
+        let buf_alloc = if limits.buf_alloc > 0 {
+            limits.buf_alloc
+        } else {
+            self.cfg.buf_alloc
+        };
         let mut conn = Connection::new(
             key,
             hdr.kind(),
@@ -258,7 +284,7 @@ impl VsockDevice {
                 since: Instant::now(),
             },
             None,
-            self.cfg.buf_alloc,
+            buf_alloc,
         );
         conn.credit.update_from_peer(hdr.buf_alloc(), hdr.fwd_cnt());
         conn.route_pending = self.host_router.is_some();
