@@ -1,18 +1,23 @@
-//! Cargo-side stable-AIDL freeze check (Soong does this itself for versioned aidl_interface).
+//! Cargo-side stable-AIDL freeze check, the same rules Soong applies to a versioned
+//! `aidl_interface` (ipc/aidl/Android.bp):
 //!
-//! `ipc/aidl/aidl_api/android.vsockplugin/<N>/` holds the frozen dump of version N and its
-//! `.hash` (sha256 over the sorted files, see `dump_hash`). While `VERSION` in `ipc/aidl/build.rs`
-//! equals the latest frozen N, the sources must equal that dump. To change an interface: bump
-//! VERSION to N+1 (append-only edits), then freeze with `UPDATE_AIDL_API=1`.
+//! - `ipc/aidl/aidl_api/android.vsockplugin/<N>/` holds the frozen dump of version N, and its
+//!   `.hash` is AOSP's: sha1 over the `sha1sum` lines of the sorted `.aidl` files followed by the
+//!   previous version's name (`latest-version` for 1), see system/tools/aidl/build/aidl_api.go.
+//! - `current/` is the tip; while `VERSION` in `ipc/aidl/build.rs` equals the latest frozen N, the
+//!   sources, `current/` and the dump of N are identical.
+//!
+//! To change an interface: append-only edits, bump VERSION to N+1, then freeze (AOSP:
+//! `m android.vsockplugin-freeze-api`).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use sha2::{Digest, Sha256};
 use vsock_plugin_ipc::aidl::IDeviceControl;
 
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "aidl"))
         .map(|p| {
@@ -26,43 +31,48 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn dump_hash(files: &[(String, Vec<u8>)]) -> String {
-    let mut h = Sha256::new();
-    for (name, body) in files {
-        h.update(name.as_bytes());
-        h.update([0]);
-        h.update((body.len() as u64).to_le_bytes());
-        h.update(body);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+/// AOSP's `.hash` of a dump directory.
+fn aosp_hash(dump: &Path, previous: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && {{ find ./ -name '*.aidl' -print0 | LC_ALL=C sort -z | xargs -0 sha1sum && echo {previous}; }} \
+             | sha1sum | cut -d ' ' -f 1",
+            dump.display()
+        ))
+        .output()
+        .expect("bash and sha1sum");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]
-fn sources_match_the_frozen_dump() {
+fn sources_match_the_frozen_dump_and_current() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aidl");
     let version = IDeviceControl::VERSION;
-    let dump = root.join(format!("aidl_api/android.vsockplugin/{version}"));
-    let current = files(&root.join("android/vsockplugin"));
+    let api = root.join("aidl_api/android.vsockplugin");
+    let dump = api.join(version.to_string());
+    let previous = if version > 1 {
+        (version - 1).to_string()
+    } else {
+        "latest-version".to_string()
+    };
     let hash_file = dump.join(".hash");
-    if std::env::var_os("UPDATE_AIDL_API").is_some() && !hash_file.exists() {
-        let d = dump.join("android/vsockplugin");
-        std::fs::create_dir_all(&d).unwrap();
-        for (name, body) in &current {
-            std::fs::write(d.join(name), body).unwrap();
-        }
-        std::fs::write(&hash_file, dump_hash(&current) + "\n").unwrap();
-    }
-    let frozen = files(&dump.join("android/vsockplugin"));
     let want = std::fs::read_to_string(&hash_file)
         .unwrap_or_else(|e| panic!("{}: {e}", hash_file.display()));
     assert_eq!(
-        dump_hash(&frozen),
+        aosp_hash(&dump, &previous),
         want.trim(),
         "frozen dump of version {version} was edited"
     );
+    let sources = files(&root.join("android/vsockplugin"));
     assert_eq!(
-        dump_hash(&current),
-        want.trim(),
+        sources,
+        files(&dump.join("android/vsockplugin")),
         "AIDL sources differ from frozen version {version}: bump VERSION in ipc/aidl/build.rs and freeze"
+    );
+    assert_eq!(
+        sources,
+        files(&api.join("current/android/vsockplugin")),
+        "aidl_api/.../current is stale"
     );
 }

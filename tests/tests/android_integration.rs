@@ -1516,8 +1516,6 @@ fn proto_crate_builds_without_cargo_out_dir() {
 }
 
 #[test]
-#[ignore = "needs ipc/aidl/Android.bp (Soong reads aidl_api/ next to the defining Android.bp), \
-            aidl_api/<name>/current and an AOSP-format .hash"]
 fn aidl_api_layout_is_what_soong_reads() {
     let soong = Soong::load();
     let mut errors = Vec::new();
