@@ -267,6 +267,19 @@ impl Command {
 
 /// The proto3 JSON mapping of `m` (stable: field names are the schema's), with default values
 /// printed, one line.
+/// `m` as protobuf JSON (`--json`) or as the human table `render` makes of it.
+fn show<M: MessageFull>(
+    json: bool,
+    m: &M,
+    render: impl Fn(&M) -> String,
+) -> Result<String, CtlError> {
+    if json {
+        to_json(m)
+    } else {
+        Ok(render(m))
+    }
+}
+
 fn to_json<M: MessageFull>(m: &M) -> Result<String, CtlError> {
     let opts = protobuf_json_mapping::PrintOptions {
         always_output_default_values: true,
@@ -297,20 +310,10 @@ fn execute(svc: &dyn IDeviceControl, cmd: &Command, json: bool) -> Result<String
     }
     let has = |f: u64| caps.supported_features & f == f;
     let out = match cmd {
-        Command::Caps => {
-            if json {
-                to_json(&caps)?
-            } else {
-                render_caps(&caps)
-            }
-        }
+        Command::Caps => show(json, &caps, render_caps)?,
         Command::Status => {
             let s: DevStatus = reply("getStatus", svc.getStatus(&[]))?;
-            if json {
-                to_json(&s)?
-            } else {
-                render_status(&s)
-            }
+            show(json, &s, render_status)?
         }
         Command::Connections { cid } => {
             let mut req = ListConnectionsRequest::new();
@@ -324,27 +327,15 @@ fn execute(svc: &dyn IDeviceControl, cmd: &Command, json: bool) -> Result<String
                 // Also correct against a server that could not filter.
                 l.connections.retain(|x| x.guest_cid == *c);
             }
-            if json {
-                to_json(&l)?
-            } else {
-                render_connections(&l)
-            }
+            show(json, &l, render_connections)?
         }
         Command::Metrics => {
             let m: Metrics = reply("getMetrics", svc.getMetrics(&[]))?;
-            if json {
-                to_json(&m)?
-            } else {
-                render_metrics(&m)
-            }
+            show(json, &m, render_metrics)?
         }
         Command::Routes => {
             let r: RouteList = reply("listRoutes", svc.listRoutes(&[]))?;
-            if json {
-                to_json(&r)?
-            } else {
-                render_routes(&r.routes)
-            }
+            show(json, &r, |r| render_routes(&r.routes))?
         }
         Command::Route { cid, port } => {
             let req = ExplainRouteRequest {
@@ -353,19 +344,11 @@ fn execute(svc: &dyn IDeviceControl, cmd: &Command, json: bool) -> Result<String
                 ..Default::default()
             };
             let r: RouteInfo = reply("explainRoute", svc.explainRoute(&encode(&req)))?;
-            if json {
-                to_json(&r)?
-            } else {
-                render_routes(std::slice::from_ref(&r))
-            }
+            show(json, &r, |r| render_routes(std::slice::from_ref(r)))?
         }
         Command::PolicyList => {
             let p: PolicyList = reply("getPolicy", svc.getPolicy(&[]))?;
-            if json {
-                to_json(&p)?
-            } else {
-                render_policy(&p)
-            }
+            show(json, &p, render_policy)?
         }
         Command::PolicySet {
             action,

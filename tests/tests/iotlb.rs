@@ -215,11 +215,7 @@ fn t5_iotlb_msg_in_untranslated_session_gets_nonzero_and_close() {
             vm.client.closed_within(secs(2)),
             "the session must end: the frontend expects translation"
         );
-        assert!(
-            p.stderr_tail(8000).contains("does not translate"),
-            "{}",
-            p.stderr_tail(8000)
-        );
+        assert_logged(&p, "does not translate");
         // The plugin survives and serves the next frontend untranslated.
         let mut vm2 = qemu_vm(&p);
         let (_id, mut host, _l) = guest_to_host(&mut vm2, &p, 7000);
@@ -251,11 +247,7 @@ fn t6_access_platform_crosvm_pvm_shape_is_passthrough() {
         vm.driver.recv_exact(id, 10, secs(5)).unwrap(),
         b"host bytes"
     );
-    assert!(
-        p.stderr_tail(8000).contains("untranslated"),
-        "{}",
-        p.stderr_tail(8000)
-    );
+    assert_logged(&p, "untranslated");
 }
 
 #[test]
@@ -265,11 +257,7 @@ fn t7_required_without_bit33_is_refused_and_rings_stay_idle() {
     let pf = c.get_protocol_features().unwrap();
     c.set_protocol_features(pf, false).unwrap();
     assert_ne!(c.set_features(BASE, true).unwrap(), Some(0));
-    assert!(
-        p.stderr_tail(8000).contains("required"),
-        "{}",
-        p.stderr_tail(8000)
-    );
+    assert_logged(&p, "required");
     p.assert_alive();
 }
 
@@ -375,11 +363,7 @@ fn t11_read_only_mapping_for_a_device_write_stops_the_queue() {
         misses.iter().any(|&(_, perm)| perm == PERM_WO),
         "a MISS asked for write access: {misses:x?}"
     );
-    assert!(
-        p.stderr_tail(8000).contains("permission"),
-        "{}",
-        p.stderr_tail(8000)
-    );
+    assert_logged(&p, "permission");
     let mut client = server.finish();
     assert_eq!(
         client.get_vring_base(1).unwrap(),
@@ -415,11 +399,7 @@ fn t13_t17_unanswered_miss_times_out_and_nothing_is_consumed() {
         (1, 0),
         "the descriptor was not consumed"
     );
-    assert!(
-        p.stderr_tail(8000).contains("no IOTLB mapping"),
-        "{}",
-        p.stderr_tail(8000)
-    );
+    assert_logged(&p, "no IOTLB mapping");
     p.assert_alive();
 }
 

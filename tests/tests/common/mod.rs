@@ -176,3 +176,12 @@ pub fn hdr(src_cid: u64, src_port: u32, dst_port: u32, op: u16) -> Header {
         fwd_cnt: 0,
     }
 }
+
+/// Asserts that the plugin's log (its stderr) mentions `needle`; shows the log tail otherwise.
+pub fn assert_logged(p: &PluginProcess, needle: &str) {
+    let tail = p.stderr_tail(8000);
+    assert!(
+        tail.contains(needle),
+        "plugin log lacks {needle:?}:\n{tail}"
+    );
+}
