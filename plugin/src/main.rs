@@ -37,7 +37,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
-            println!("vsock-plugin {}", env!("CARGO_PKG_VERSION"));
+            let iotlb = if vsock_plugin::iotlb::TRANSLATION_BUILT {
+                "built in"
+            } else {
+                "not built (iotlb=off only)"
+            };
+            println!(
+                "vsock-plugin {}\nIOTLB translation: {iotlb}",
+                env!("CARGO_PKG_VERSION")
+            );
             return ExitCode::SUCCESS;
         }
         Err(e) => {

@@ -107,3 +107,22 @@ fn duplicate_guest_cid_across_vms() {
         "guest-cid=3,socket=/tmp/vp-b.sock,uds-path=/tmp/vp-b.vsock",
     ]);
 }
+
+/// `--version` tells an operator whether this build can translate (Soong builds cannot yet);
+/// the cargo build under test does.
+#[test]
+fn version_names_the_iotlb_capability() {
+    let out =
+        std::process::Command::new(vsock_plugin_tests::frontend::plugin_process::plugin_binary())
+            .arg("--version")
+            .output()
+            .expect("run vsock-plugin --version");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "vsock-plugin {}\nIOTLB translation: built in\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}

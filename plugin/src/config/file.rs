@@ -158,8 +158,14 @@ mod tests {
             (IotlbMode::Required, OkReply::HostPort, Toggle::Off)
         );
         assert_eq!(vms[1].tx_buffer_size, 131072);
-        for vm in &vms {
-            vm.validate().unwrap();
+        vms[0].validate().unwrap();
+        if crate::iotlb::TRANSLATION_BUILT {
+            vms[1].validate().unwrap();
+        } else {
+            assert_eq!(
+                vms[1].validate(),
+                Err(crate::config::ConfigError::IotlbNotBuilt("required"))
+            );
         }
         // The same first VM in binary form.
         let mut pc = PluginConfig::new();

@@ -157,6 +157,8 @@ pub enum ConfigError {
     GroupName(String),
     #[error("group {0:?} is listed twice in groups")]
     DuplicateGroup(String),
+    #[error("iotlb={0}: {msg}", msg = crate::iotlb::NOT_BUILT)]
+    IotlbNotBuilt(&'static str),
 }
 
 impl VmConfig {
@@ -171,7 +173,8 @@ impl VmConfig {
     /// - `tx-buffer-size`: 4096..=1 GiB;
     /// - `max-connections`: 1..=2^20;
     /// - `connect-timeout-ms`, `shutdown-timeout-ms`, `connect-line-timeout-ms`: at least 1;
-    /// - `groups`: at least one; names of 1 to 64 characters from `[A-Za-z0-9_-]`, no repeats.
+    /// - `groups`: at least one; names of 1 to 64 characters from `[A-Za-z0-9_-]`, no repeats;
+    /// - `iotlb`: `off` unless this build translates (`iotlb` cargo feature).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(FIRST_GUEST_CID..=LAST_GUEST_CID).contains(&self.guest_cid) {
             return Err(ConfigError::GuestCid(self.guest_cid));
@@ -233,6 +236,13 @@ impl VmConfig {
             }
             if self.groups[..i].contains(name) {
                 return Err(ConfigError::DuplicateGroup(name.clone()));
+            }
+        }
+        if !crate::iotlb::TRANSLATION_BUILT {
+            match self.iotlb {
+                IotlbMode::Off => {}
+                IotlbMode::Required => return Err(ConfigError::IotlbNotBuilt("required")),
+                IotlbMode::Auto => return Err(ConfigError::IotlbNotBuilt("auto")),
             }
         }
         Ok(())
@@ -319,6 +329,34 @@ mod tests {
             Ok(()) => panic!("{vm:?} validated"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// A build without translation refuses the translating modes when the configuration is read,
+    /// naming the reason; `access-platform` alone (bit 33, never translation) still works.
+    #[test]
+    fn translating_modes_need_a_translating_build() {
+        for (mode, name) in [(IotlbMode::Required, "required"), (IotlbMode::Auto, "auto")] {
+            let vm = VmConfig {
+                iotlb: mode,
+                ..base()
+            };
+            if crate::iotlb::TRANSLATION_BUILT {
+                assert_eq!(vm.validate(), Ok(()));
+            } else {
+                let e = err(vm);
+                assert!(
+                    e.starts_with(&format!(
+                        "iotlb={name}: this vsock-plugin build has no IOTLB"
+                    )),
+                    "{e}"
+                );
+            }
+        }
+        let vm = VmConfig {
+            access_platform: true,
+            ..base()
+        };
+        assert_eq!(vm.validate(), Ok(()));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 
 use vm_memory::Permissions;
 
-use super::table::encode_miss;
+use super::message::encode_miss;
 use crate::vhost_user::wire::{self, WireError, FLAG_NEED_REPLY, FLAG_VERSION_1};
 
 /// `VHOST_USER_BACKEND_IOTLB_MSG`.

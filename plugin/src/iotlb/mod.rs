@@ -13,7 +13,7 @@
 //! frontend.) Bit 33 arriving un-offered is refused like any other un-offered bit. In (A)/(B) an
 //! IOTLB message means the frontend thinks we translate: non-zero reply, connection closed.
 //!
-//! Translated mode ([`table`], [`miss`]):
+//! Translated mode ([`table`], [`miss`], [`message`]):
 //! - deny-all start; the IOTLB is flushed on SET_FEATURES, RESET_DEVICE/RESET_OWNER, any memory
 //!   table change, when every ring is stopped, and on disconnect. No persistence across reset is
 //!   promised (the vhost-vdpa IOTLB_PERSIST lesson): entries kept across a stop could grant
@@ -29,12 +29,57 @@
 //!   one call on the worker thread that also handles the INVALIDATE, so when it is acked nothing
 //!   built from the old mapping is alive.
 
+//!
+//! Builds: translation needs vm-memory's `iommu` feature (cargo feature `iotlb`, on by default).
+//! Without it ([`untranslated`]; AOSP's `libvm_memory_android` does not enable `iommu` yet), the
+//! plugin still works untranslated and `--access-platform` still offers bit 33, but
+//! `iotlb=required|auto` is refused when the configuration is read, and [`policy`] refuses to
+//! translate: an operator who asks for translation gets an error, never a silently untranslated
+//! device.
+
+pub mod message;
 pub mod miss;
 pub mod policy;
+#[cfg(feature = "iotlb")]
 pub mod table;
+#[cfg(not(feature = "iotlb"))]
+pub mod untranslated;
 
-use vm_memory::{GuestMemoryMmap, IommuMemory};
+use vm_memory::{GuestMemoryMmap, Permissions};
+
+#[cfg(feature = "iotlb")]
+pub use table::VhostIommu;
+#[cfg(not(feature = "iotlb"))]
+pub use untranslated::{DeviceMemory, VhostIommu};
+
+/// Whether this build can translate through an IOTLB (vm-memory `iommu`).
+pub const TRANSLATION_BUILT: bool = cfg!(feature = "iotlb");
+
+/// Why `iotlb=required|auto` is refused by a build without translation.
+pub const NOT_BUILT: &str = "this vsock-plugin build has no IOTLB translation (built without the \
+     `iotlb` cargo feature, i.e. vm-memory without `iommu`, as in AOSP's libvm_memory_android); \
+     use iotlb=off, with access-platform if the guest needs VIRTIO_F_ACCESS_PLATFORM";
 
 /// The memory the device works on: guest RAM behind an IOMMU that is bypassed unless the
 /// session translates.
-pub type DeviceMemory = IommuMemory<GuestMemoryMmap, table::VhostIommu>;
+#[cfg(feature = "iotlb")]
+pub type DeviceMemory = vm_memory::IommuMemory<GuestMemoryMmap, VhostIommu>;
+
+/// Empty device memory (no table yet), IOMMU bypassed, at most `max_entries` IOTLB entries.
+pub fn new_device_memory(max_entries: usize) -> DeviceMemory {
+    DeviceMemory::new(
+        GuestMemoryMmap::default(),
+        VhostIommu::new(max_entries),
+        false,
+        (),
+    )
+}
+
+/// The first address an access could not translate, and the access it needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TranslationFail {
+    pub iova: u64,
+    pub access: Permissions,
+    /// true: nothing mapped there; false: mapped without the needed permission.
+    pub miss: bool,
+}

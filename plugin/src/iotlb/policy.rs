@@ -22,8 +22,18 @@ impl IotlbPolicy {
         self.mode != IotlbMode::Off
     }
 
-    /// Decides, for the features of a SET_FEATURES, whether the session translates.
+    /// Decides, for the features of a SET_FEATURES, whether the session translates. A build
+    /// without translation refuses instead of running untranslated (configuration already
+    /// refuses the modes that could get here).
     pub fn translate(&self, features: u64) -> Result<bool, String> {
+        let translate = self.decide(features)?;
+        if translate && !super::TRANSLATION_BUILT {
+            return Err(super::NOT_BUILT.into());
+        }
+        Ok(translate)
+    }
+
+    fn decide(&self, features: u64) -> Result<bool, String> {
         let bit33 = features & VIRTIO_F_ACCESS_PLATFORM != 0;
         match (self.mode, bit33) {
             (IotlbMode::Required, false) => Err(
@@ -80,11 +90,17 @@ mod tests {
         assert_eq!(ap.translate(B33), Ok(false));
         // (C): refused, loudly.
         assert!(req.translate(0).unwrap_err().contains("required"));
-        // (D)
-        assert_eq!(req.translate(B33), Ok(true));
+        // (D), in a build that translates; one that cannot refuses instead of running
+        // untranslated.
+        let translated = if crate::iotlb::TRANSLATION_BUILT {
+            Ok(true)
+        } else {
+            Err(crate::iotlb::NOT_BUILT.to_string())
+        };
+        assert_eq!(req.translate(B33), translated);
         assert_eq!(
             (auto.translate(0), auto.translate(B33)),
-            (Ok(false), Ok(true))
+            (Ok(false), translated)
         );
     }
 }

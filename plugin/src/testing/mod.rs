@@ -22,6 +22,7 @@ impl Rng {
     }
 
     /// An "interesting" u64: small, near a power of two, near the top, or random.
+    #[cfg_attr(not(feature = "iotlb"), allow(dead_code))]
     pub fn edgy(&mut self) -> u64 {
         match self.below(6) {
             0 => self.below(16),

@@ -16,15 +16,15 @@ use vhost::vhost_user::message::{
     FrontendReq, VhostUserConfig, VhostUserMemory, VhostUserMemoryRegion,
     VhostUserSingleMemoryRegion, VhostUserU64, VhostUserVringAddr, VhostUserVringState,
 };
-use vm_memory::{ByteValued, GuestMemoryMmap, IommuMemory};
+use vm_memory::ByteValued;
 
 use super::features::{self, NUM_QUEUES, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX};
 use super::memory::{MemoryTable, RegionSpec, MAX_REGIONS};
 use super::wire::{self, Message};
+use crate::iotlb::message::{parse_request as parse_iotlb_request, IotlbRequest};
 use crate::iotlb::miss::BackendChannel;
 use crate::iotlb::policy::IotlbPolicy;
-use crate::iotlb::table::{self as iotlb_table, IotlbRequest, VhostIommu};
-use crate::iotlb::DeviceMemory;
+use crate::iotlb::{self, DeviceMemory};
 use crate::virtqueue::vring::{eventfd_from, Vring};
 
 /// Kick/call/err payload: bits 0-7 the ring index, bit 8 "no fd".
@@ -101,13 +101,7 @@ impl FrontendSession {
         if config.iotlb.offers_backend_req() {
             protocol_offer |= features::PROTOCOL_BACKEND_REQ;
         }
-        let iommu = VhostIommu::new(config.iotlb_max_entries);
-        let mem = Arc::new(IommuMemory::new(
-            GuestMemoryMmap::default(),
-            iommu,
-            false,
-            (),
-        ));
+        let mem = Arc::new(iotlb::new_device_memory(config.iotlb_max_entries));
         Ok(FrontendSession {
             sock,
             config,
@@ -598,7 +592,7 @@ impl FrontendSession {
                     .into(),
             ));
         }
-        let status = match iotlb_table::parse_request(p).and_then(|req| self.apply_iotlb(req)) {
+        let status = match parse_iotlb_request(p).and_then(|req| self.apply_iotlb(req)) {
             Ok(()) => 0,
             Err(why) => {
                 log::warn!("IOTLB message refused: {why}");
@@ -820,6 +814,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "iotlb")]
     fn request(
         front: &UnixStream,
         session: &mut FrontendSession,
@@ -836,6 +831,7 @@ mod tests {
     /// T15: removing a region drops the IOTLB entries that pointed into it; an UPDATE targeting
     /// memory that is gone is refused.
     #[test]
+    #[cfg(feature = "iotlb")]
     fn removing_a_region_flushes_its_iotlb_entries() {
         let (front, back) = UnixStream::pair().unwrap();
         let mut s = FrontendSession::new(back, config(IotlbMode::Required)).unwrap();

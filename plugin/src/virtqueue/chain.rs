@@ -268,6 +268,7 @@ mod tests {
     /// T12: a buffer spanning two IOTLB entries that map to unrelated guest-physical pages reads
     /// and writes the right bytes; spanning a hole fails with exactly the hole's start recorded.
     #[test]
+    #[cfg(feature = "iotlb")]
     fn translated_buffers_span_entries_and_report_holes() {
         use crate::iotlb::table::VhostIommu;
         use vm_memory::IommuMemory;

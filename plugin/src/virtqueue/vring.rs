@@ -16,8 +16,8 @@ use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{ChainBuffers, ChainError};
-use crate::iotlb::table::TranslationFail;
 use crate::iotlb::DeviceMemory;
+use crate::iotlb::TranslationFail;
 
 /// A queue waiting for an IOTLB mapping (translated mode only). While parked nothing is popped;
 /// the chain that missed stays available in the ring.
