@@ -168,10 +168,69 @@ const CARGO_ONLY_TESTS: &[(&str, &str, &str)] = &[
         "scale",
         "long-running load test; over tradefed's 5 min default",
     ),
+    (
+        "vsock-plugin-tests",
+        "iotlb",
+        "needs the plugin's `iotlb` feature, which Soong leaves off while AOSP's \
+         libvm_memory_android lacks `iommu` (see AOSP_CRATES)",
+    ),
 ];
 
 /// Strings that must not appear anywhere in Android.bp values (cargo-only machinery).
 const FORBIDDEN_IN_BP: &[&str] = &["rsbinder", "protobuf_codegen", "protobuf-codegen"];
+
+/// One crate as AOSP builds it: `cargo_pkg_version` and `features` of its module in
+/// `external/rust/android-crates-io/crates/<name>/Android.bp`.
+struct AospCrate {
+    name: &'static str,
+    version: &'static str,
+    features: &'static [&'static str],
+    /// `None`: Cargo.lock pins the same version. `Some(why)`: it differs, and why that is safe.
+    differs: Option<&'static str>,
+}
+
+/// What an AOSP tree compiles our rust-vmm and protobuf dependencies as (read from the CodeLinaro
+/// mirror of android-crates-io, tree of 2026-08/09: vm-memory METADATA 2026-08-21, vhost's
+/// Cargo.lock there pairing vhost 0.17.0 with vm-memory 0.18.0). Soong ignores semver, so what
+/// must hold is that our sources compile against these versions and features.
+const AOSP_CRATES: &[AospCrate] = &[
+    AospCrate {
+        name: "vhost",
+        version: "0.17.0",
+        features: &["default", "vhost-user", "vhost-user-backend"],
+        differs: None,
+    },
+    AospCrate {
+        name: "vm-memory",
+        version: "0.18.0",
+        // No `iommu`: the plugin's `iotlb` feature (IOTLB translation) stays off in Soong.
+        features: &[
+            "arc-swap",
+            "backend-atomic",
+            "backend-bitmap",
+            "backend-mmap",
+            "default",
+            "rawfd",
+        ],
+        differs: None,
+    },
+    AospCrate {
+        name: "virtio-queue",
+        version: "0.17.0",
+        features: &[],
+        differs: Some(
+            "0.18.0 only raises its vm-memory requirement from 0.17.1 to 0.18.0 and adds From \
+             impls for QueueSync (its CHANGELOG); cargo cannot pair virtio-queue 0.17 with \
+             vm-memory 0.18, Soong builds 0.17.0 against libvm_memory_android 0.18.0",
+        ),
+    },
+    AospCrate {
+        name: "protobuf",
+        version: "3.7.2",
+        features: &["bytes"],
+        differs: None,
+    },
+];
 
 // ------------------------------------------------------------------------------------------------
 // Loading
@@ -457,6 +516,7 @@ struct Dep {
     kind: String, // "normal" | "dev" | "build"
     target: Option<String>,
     path: Option<PathBuf>,
+    features: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -472,6 +532,8 @@ struct Package {
     dir: PathBuf,
     deps: Vec<Dep>,
     targets: Vec<Target>,
+    /// The package's own cargo features: name → what each enables (e.g. `vm-memory/iommu`).
+    features: BTreeMap<String, Vec<String>>,
 }
 
 fn cargo_packages() -> Vec<Package> {
@@ -518,7 +580,14 @@ fn cargo_packages() -> Vec<Package> {
                         kind: d["kind"].as_str().unwrap_or("normal").to_string(),
                         target: d["target"].as_str().map(str::to_string),
                         path: d["path"].as_str().map(PathBuf::from),
+                        features: strs(&d["features"]),
                     })
+                    .collect(),
+                features: p["features"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), strs(v)))
                     .collect(),
                 targets: p["targets"]
                     .as_array()
@@ -537,6 +606,14 @@ fn cargo_packages() -> Vec<Package> {
                     .collect(),
             }
         })
+        .collect()
+}
+
+fn strs(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
         .collect()
 }
 
@@ -1713,4 +1790,134 @@ fn android_bp_uses_only_known_properties() {
         }
     }
     fail_if(errors, "Android.bp properties");
+}
+
+fn locked_versions() -> BTreeMap<String, BTreeSet<String>> {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).expect("Cargo.lock");
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut name = None;
+    for line in lock.lines() {
+        if let Some(n) = line.strip_prefix("name = ") {
+            name = Some(n.trim_matches('"').to_string());
+        } else if let (Some(v), Some(n)) = (line.strip_prefix("version = "), name.take()) {
+            out.entry(n)
+                .or_default()
+                .insert(v.trim_matches('"').to_string());
+        }
+    }
+    out
+}
+
+/// Cargo.lock pins what AOSP compiles (or the table says why not), so the cargo build tests the
+/// code Soong will build.
+#[test]
+fn cargo_lock_pins_what_aosp_builds() {
+    let locked = locked_versions();
+    let mut errors = Vec::new();
+    for c in AOSP_CRATES {
+        let ours = locked.get(c.name).cloned().unwrap_or_default();
+        let same = ours.len() == 1 && ours.contains(c.version);
+        match (same, c.differs) {
+            (true, None) | (false, Some(_)) if !ours.is_empty() => {}
+            (true, Some(_)) => errors.push(format!(
+                "crate {}: Cargo.lock has AOSP's {}; drop the `differs` note in AOSP_CRATES",
+                c.name, c.version
+            )),
+            _ => errors.push(format!(
+                "crate {}: Cargo.lock has {:?}, AOSP builds {}: pin that version (Soong compiles \
+                 our sources against it) or record in AOSP_CRATES why the difference is safe",
+                c.name, ours, c.version
+            )),
+        }
+    }
+    fail_if(errors, "Cargo.lock vs AOSP crate versions");
+}
+
+/// Every feature our crates ask of an AOSP-built dependency is one AOSP builds it with, both the
+/// features of the dependency declarations and those our own cargo features enable when
+/// Android.bp turns them on (`features:` of the crate's module). Turning on the plugin's `iotlb`
+/// in Android.bp fails here until AOSP's vm-memory has `iommu`.
+#[test]
+fn features_used_in_soong_are_built_by_aosp() {
+    let soong = Soong::load();
+    let packages = cargo_packages();
+    let aosp = |name: &str| AOSP_CRATES.iter().find(|c| c.name == name);
+    let mut errors = Vec::new();
+    for p in &packages {
+        for d in p.deps.iter().filter(|d| d.kind != "dev") {
+            let Some(c) = aosp(&d.name) else { continue };
+            for f in d
+                .features
+                .iter()
+                .filter(|f| !c.features.contains(&f.as_str()))
+            {
+                errors.push(format!(
+                    "crate {}: dependency {} asks for feature `{f}`, which AOSP does not build \
+                     (AOSP_CRATES); make it optional behind a cargo feature Android.bp leaves off",
+                    p.name, d.name
+                ));
+            }
+        }
+        let mut errs = Vec::new();
+        let cm = crate_modules(&soong, p, &mut errs);
+        let Some(lib) = cm.lib.as_ref().and_then(|l| soong.get(l)) else {
+            continue;
+        };
+        for feature in lib.strings("features") {
+            let Some(enables) = p.features.get(&feature) else {
+                errors.push(format!(
+                    "module {}: feature `{feature}` is not a cargo feature of {}",
+                    lib.name, p.name
+                ));
+                continue;
+            };
+            for e in enables {
+                let Some((dep, f)) = e.split_once('/') else {
+                    continue;
+                };
+                if let Some(c) = aosp(dep) {
+                    if !c.features.contains(&f) {
+                        errors.push(format!(
+                            "module {}: feature `{feature}` needs {dep} feature `{f}`, which \
+                             AOSP's module does not build",
+                            lib.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    fail_if(errors, "features in Soong vs AOSP's crates");
+}
+
+/// The IOTLB integration tests run exactly where the plugin is built with translation: Soong
+/// builds it without (`iotlb` off), so no Soong test module (and no TEST_MAPPING entry) may run
+/// `tests/tests/iotlb.rs` until Android.bp turns the feature on.
+#[test]
+fn iotlb_tests_follow_the_soong_plugin_features() {
+    let soong = Soong::load();
+    let plugin = soong
+        .get("libvsock_plugin")
+        .expect("module libvsock_plugin");
+    let translating = plugin.strings("features").iter().any(|f| f == "iotlb");
+    let iotlb_tests: Vec<&str> = soong
+        .rust_modules()
+        .filter(|m| m.is_test())
+        .filter(|m| {
+            m.crate_root()
+                .is_some_and(|r| r.ends_with("tests/tests/iotlb.rs"))
+        })
+        .map(|m| m.name.as_str())
+        .collect();
+    match (translating, iotlb_tests.is_empty()) {
+        (false, false) => panic!(
+            "Android.bp builds libvsock_plugin without `iotlb` but {iotlb_tests:?} runs the IOTLB \
+             tests: they would fail (iotlb=required is refused by such a build)"
+        ),
+        (true, true) => panic!(
+            "Android.bp builds libvsock_plugin with `iotlb`: add a test module for \
+             tests/tests/iotlb.rs (and remove it from CARGO_ONLY_TESTS)"
+        ),
+        _ => {}
+    }
 }
