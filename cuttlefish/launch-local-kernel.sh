@@ -67,7 +67,7 @@ args=(
   --initramfs_path="$initramfs"
   --cpus="$cpus"
   --memory_mb="$mem"
-  --daemon
+  --daemon=true
   --report_anonymous_usage_stats=n
 )
 if [ "$num" -gt 1 ]; then
@@ -77,11 +77,14 @@ if [ -n "$groups" ]; then
   args+=(--vsock_guest_group="$groups")
 fi
 if [ -n "$pkt" ]; then
-  args+=(--extra_bootconfig_args="kernel.vmw_vsock_virtio_transport_common.virtio_transport_max_vsock_pkt_buf_size=$pkt")
+  # `:=` overrides a key the board already sets (16384); plain `=` does not (launch_cvd's help).
+  args+=(--extra_bootconfig_args="kernel.vmw_vsock_virtio_transport_common.virtio_transport_max_vsock_pkt_buf_size:=$pkt")
 fi
 # launch_cvd flags: end
 
-cmd=(env HOME="$images" "$pkg/bin/launch_cvd" "${args[@]}" "${extra[@]}")
+# ANDROID_HOST_OUT: host binaries (our bin/vhost_device_vsock among them) come from the host
+# package even when the images live elsewhere.
+cmd=(env HOME="$images" ANDROID_HOST_OUT="$pkg" "$pkg/bin/launch_cvd" "${args[@]}" "${extra[@]}")
 if [ "$dry" = 1 ]; then
   printf '%q ' "${cmd[@]}"; echo
   exit 0

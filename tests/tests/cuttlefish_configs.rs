@@ -59,32 +59,49 @@ fn fail_if(errors: Vec<String>, what: &str) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// cvd JSON: the subset of cuttlefish.cvd.config.EnvironmentSpecification (load_config.proto) we use.
-// cvd parses with proto3 JSON defaults: unknown fields are errors there too.
+// cvd JSON: the subset of cuttlefish.cvd.config.EnvironmentSpecification we use. Checked against
+// google/android-cuttlefish base/cvd/cuttlefish/host/commands/cvd/cli/parser/load_config.proto
+// (stored versions @03fbad96 and @ddbf6b3b; it imports no other proto) and the parser code named
+// on each field. cvd parses with JsonStringToMessage and default options
+// (cli/parser/cf_flags_validator.cpp@776ac99a), so unknown fields are errors there too.
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnvSpec {
+    /// `optional Common common = 4`.
     common: Common,
+    /// `repeated Instance instances = 1`.
     instances: Vec<Instance>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Common {
+    /// `optional string group_name = 1`; cvd accepts `[A-Za-z_][A-Za-z_0-9]*`
+    /// (cvd/instances/device_name.cpp@b6cfceb4 `IsValidGroupName`).
     group_name: String,
+    /// `optional string host_package = 2`; only `@ab/…` values are fetched
+    /// (cli/parser/fetch_config_parser.cpp@9d6bf39c).
     host_package: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Instance {
+    /// `optional string name = 1`; cvd accepts `-`-separated pieces of `[A-Za-z_0-9]+`
+    /// (cvd/instances/device_name.cpp@b6cfceb4 `IsValidInstanceName`).
     name: String,
+    /// `optional string import_template = 9 [json_name = "@import"]`; the names
+    /// cli/parser/launch_cvd_templates.cpp@12974beb knows (anything else: "Unknown import value").
     #[serde(rename = "@import")]
     import: Option<Import>,
+    /// `optional Vm vm = 2`.
     vm: Vm,
+    /// `optional Boot boot = 3`.
     boot: Boot,
+    /// `optional Disk disk = 5`.
     disk: Disk,
+    /// `optional Connectivity connectivity = 8`.
     connectivity: Option<Connectivity>,
 }
 
@@ -104,9 +121,14 @@ enum Import {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Vm {
+    /// `optional uint32 cpus = 1`.
     cpus: u32,
+    /// `optional uint32 memory_mb = 2`.
     memory_mb: u32,
+    /// `optional string setupwizard_mode = 4` (a string, not a proto enum), validated by
+    /// common/libs/utils/flags_validator.cpp@ed3f5a80: DISABLED, OPTIONAL or REQUIRED.
     setupwizard_mode: Option<SetupWizard>,
+    /// `oneof vmm { Crosvm crosvm = 6; Gem5 gem5 = 7; Qemu qemu = 8; }`.
     crosvm: Crosvm,
 }
 
@@ -121,8 +143,13 @@ enum SetupWizard {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Crosvm {
-    /// A string in cvd's schema (android-cuttlefish PR #2725), not a boolean.
+    /// A string `"auto"|"true"|"false"`, not a boolean (android-cuttlefish PR #2725, merged
+    /// 2026-06): cli/parser/instance/vm_configs_test.cc@0bd01b8d turns `"true"`/`"false"` into
+    /// `--vhost_user_vsock=true,false` and an absent field into `auto`. The two stored
+    /// load_config.proto versions (@03fbad96, @ddbf6b3b) predate the PR and lack the field, so a
+    /// cvd older than it rejects these configs as having an unknown field.
     vhost_user_vsock: TriState,
+    /// `optional bool enable_sandbox = 1` (crosvm's own sandbox; cf_vm_configs.cpp@333b5cc1).
     enable_sandbox: bool,
 }
 
@@ -137,30 +164,36 @@ enum TriState {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Boot {
+    /// `optional Build kernel = 1` (`message Build { optional string build = 1; }`).
     kernel: Kernel,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Kernel {
+    /// `Build.build`; a value without `@ab/` is dropped from the fetch
+    /// (fetch_config_parser.cpp@9d6bf39c `GetFetchBuildString`).
     build: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Disk {
+    /// `optional string default_build = 1`.
     default_build: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Connectivity {
+    /// `optional Vsock vsock = 1`.
     vsock: VsockConn,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VsockConn {
+    /// `message Vsock { optional string guest_group = 1; }` → `--vsock_guest_group`.
     guest_group: String,
 }
 
@@ -174,7 +207,11 @@ const KERNEL_BRANCHES: &[&str] = &[
     "android14-5.15",
 ];
 
-/// `@ab/<branch>/<target>[/<build_id>]` → (branch, target).
+/// `@ab/<branch_or_build_id>/<target>` → (branch or build id, target). cvd fetches only `@ab/`
+/// values (fetch_config_parser.cpp@9d6bf39c) and its build strings allow at most one `/`
+/// (host/libs/web/android_build_string.cpp@b875672f: "cannot have more than one '/'"), so a
+/// specific build is `@ab/<build_id>/<target>`, not `@ab/<branch>/<target>/<build_id>`. We also
+/// require the target, which cvd would otherwise default.
 fn ab_build(s: &str) -> Result<(String, String), String> {
     let rest = s
         .strip_prefix("@ab/")
@@ -186,11 +223,24 @@ fn ab_build(s: &str) -> Result<(String, String), String> {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     };
     match parts.as_slice() {
-        [b, t] | [b, t, _] if parts.iter().all(|p| ok_part(p)) => {
-            Ok((b.to_string(), t.to_string()))
-        }
-        _ => Err(format!("{s:?} is not @ab/<branch>/<target>[/<build_id>]")),
+        [b, t] if parts.iter().all(|p| ok_part(p)) => Ok((b.to_string(), t.to_string())),
+        _ => Err(format!(
+            "{s:?} is not @ab/<branch_or_build_id>/<target> (cvd allows one '/')"
+        )),
     }
+}
+
+/// cvd's group-name rule (cvd/instances/device_name.cpp@b6cfceb4): `[A-Za-z_][A-Za-z_0-9]*`.
+fn cvd_group_name_ok(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// cvd's instance-name rule (same file): `-`-separated pieces of `[A-Za-z_0-9]+`.
+fn cvd_instance_name_ok(s: &str) -> bool {
+    s.split('-')
+        .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'))
 }
 
 fn config_files() -> Vec<PathBuf> {
@@ -224,14 +274,10 @@ fn cvd_configs_match_our_schema() {
         if let Err(e) = ab_build(&spec.common.host_package) {
             errors.push(format!("{file}: common.host_package: {e}"));
         }
-        if spec.common.group_name.is_empty()
-            || !spec
-                .common
-                .group_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric())
-        {
-            errors.push(format!("{file}: common.group_name must be [A-Za-z0-9]+"));
+        if !cvd_group_name_ok(&spec.common.group_name) {
+            errors.push(format!(
+                "{file}: common.group_name must match cvd's [A-Za-z_][A-Za-z_0-9]*"
+            ));
         }
         if spec.instances.is_empty() {
             errors.push(format!("{file}: no instances"));
@@ -243,6 +289,11 @@ fn cvd_configs_match_our_schema() {
             if !names.insert(inst.name.clone()) {
                 errors.push(format!("{at}: duplicate name"));
             }
+            if !cvd_instance_name_ok(&inst.name) {
+                errors.push(format!(
+                    "{at}: name must be '-'-separated pieces of [A-Za-z_0-9]+ (cvd's rule)"
+                ));
+            }
             if inst.vm.crosvm.vhost_user_vsock != TriState::True {
                 errors.push(format!(
                     "{at}: vm.crosvm.vhost_user_vsock must be \"true\" (the plugin is only used then)"
@@ -250,7 +301,7 @@ fn cvd_configs_match_our_schema() {
             }
             if inst.vm.crosvm.enable_sandbox {
                 errors.push(format!(
-                    "{at}: enable_sandbox must be false (the sandbox policy is the stock backend's)"
+                    "{at}: enable_sandbox (crosvm's own sandbox) must be false, as launch-local-kernel.sh passes"
                 ));
             }
             if inst.vm.cpus == 0 || inst.vm.memory_mb < 2048 {
@@ -353,7 +404,11 @@ fn schema_rejects_what_cvd_rejects() {
     assert!(serde_json::from_str::<EnvSpec>(&unknown).is_err());
     // Local path as the kernel build: cvd would silently drop it.
     assert!(ab_build("/home/me/out/dist/bzImage").is_err());
-    assert!(ab_build("@ab/aosp_kernel-common-android16-6.12/kernel_virt_x86_64/12345").is_ok());
+    // A specific build is <build_id>/<target>; cvd rejects a second '/'.
+    assert!(ab_build("@ab/12345678/kernel_virt_x86_64").is_ok());
+    assert!(ab_build("@ab/aosp_kernel-common-android16-6.12/kernel_virt_x86_64/12345").is_err());
+    assert!(cvd_group_name_ok("vsock14x515") && !cvd_group_name_ok("14x515"));
+    assert!(cvd_instance_name_ok("vsock-14-6-1") && !cvd_instance_name_ok("vsock.14"));
 }
 
 // ------------------------------------------------------------------------------------------------
