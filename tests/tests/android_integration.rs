@@ -534,6 +534,7 @@ struct Package {
     targets: Vec<Target>,
     /// The package's own cargo features: name → what each enables (e.g. `vm-memory/iommu`).
     features: BTreeMap<String, Vec<String>>,
+    version: String,
 }
 
 fn cargo_packages() -> Vec<Package> {
@@ -583,6 +584,7 @@ fn cargo_packages() -> Vec<Package> {
                         features: strs(&d["features"]),
                     })
                     .collect(),
+                version: p["version"].as_str().unwrap_or_default().to_string(),
                 features: p["features"]
                     .as_object()
                     .into_iter()
@@ -1920,4 +1922,99 @@ fn iotlb_tests_follow_the_soong_plugin_features() {
         ),
         _ => {}
     }
+}
+
+/// Rust files a module compiles, near enough: everything under its crate root's directory, or for
+/// an integration test (`tests/tests/X.rs`) the file and the shared `tests/tests/common/`.
+fn module_sources(m: &SoongModule) -> Vec<PathBuf> {
+    let Some(root_file) = m.crate_root() else {
+        return Vec::new();
+    };
+    let dir = root_file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    if dir.ends_with("tests/tests") {
+        let mut files = vec![root_file];
+        files.extend(files_with_ext(&dir.join("common"), "rs"));
+        files
+    } else {
+        files_with_ext(&dir, "rs")
+    }
+}
+
+/// `env!("NAME")` uses (not `option_env!`) of CARGO_* variables in `src`.
+fn cargo_env_uses(src: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = src;
+    while let Some(i) = rest.find("env!(\"CARGO_") {
+        let optional = rest[..i].ends_with("option_");
+        let tail = &rest[i + 6..];
+        let name: String = tail.chars().take_while(|c| *c != '"').collect();
+        if !optional {
+            out.insert(name);
+        }
+        rest = tail;
+    }
+    out
+}
+
+/// Soong sets only CARGO_CRATE_NAME, CARGO_PKG_NAME, CARGO_BIN_NAME (binaries), and with
+/// `cargo_pkg_version` CARGO_PKG_VERSION(_MAJOR/_MINOR/_PATCH), all only under
+/// `cargo_env_compat: true` (build/soong rust/builder.go, `rustEnvVars`); a compile-time
+/// `env!` of anything else (CARGO_MANIFEST_DIR…) breaks the Soong build.
+#[test]
+fn cargo_env_vars_are_ones_soong_sets() {
+    let soong = Soong::load();
+    let packages = cargo_packages();
+    let mut errors = Vec::new();
+    for m in soong.rust_modules() {
+        let mut used = BTreeSet::new();
+        for f in module_sources(m) {
+            used.extend(cargo_env_uses(
+                &std::fs::read_to_string(&f).unwrap_or_default(),
+            ));
+        }
+        if used.is_empty() {
+            continue;
+        }
+        let compat = m.bool("cargo_env_compat") == Some(true);
+        let version = m.string("cargo_pkg_version");
+        let package = m.crate_root().and_then(|r| {
+            packages
+                .iter()
+                .filter(|p| r.starts_with(&p.dir))
+                .max_by_key(|p| p.dir.components().count())
+        });
+        for v in &used {
+            let set = match v.as_str() {
+                "CARGO_CRATE_NAME" | "CARGO_PKG_NAME" => compat,
+                "CARGO_BIN_NAME" => compat && m.typ.starts_with("rust_binary"),
+                "CARGO_PKG_VERSION"
+                | "CARGO_PKG_VERSION_MAJOR"
+                | "CARGO_PKG_VERSION_MINOR"
+                | "CARGO_PKG_VERSION_PATCH" => compat && version.is_some(),
+                _ => false,
+            };
+            if !set {
+                errors.push(format!(
+                    "module {}: its sources use env!(\"{v}\"), which Soong does not set for it \
+                     (needs cargo_env_compat: true{}; CARGO_MANIFEST_DIR and others are never set: \
+                     use option_env!)",
+                    m.name,
+                    if v.starts_with("CARGO_PKG_VERSION") {
+                        " and cargo_pkg_version"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        if let (Some(v), Some(p)) = (version, package) {
+            if v != p.version {
+                errors.push(format!(
+                    "module {}: cargo_pkg_version {v} but cargo package {} is {}",
+                    m.name, p.name, p.version
+                ));
+            }
+        }
+    }
+    fail_if(errors, "CARGO_* variables under Soong");
 }

@@ -46,7 +46,10 @@ pub fn plugin_binary() -> PathBuf {
 fn build_once(profile_dir: &Path) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let Some(cargo) = std::env::var_os("CARGO") else {
+        // Only under cargo (Soong sets neither CARGO nor CARGO_MANIFEST_DIR).
+        let (Some(cargo), Some(manifest_dir)) =
+            (std::env::var_os("CARGO"), option_env!("CARGO_MANIFEST_DIR"))
+        else {
             return;
         };
         let mut cmd = Command::new(cargo);
@@ -65,7 +68,7 @@ fn build_once(profile_dir: &Path) {
             cmd.env("CARGO_TARGET_DIR", target);
         }
         let out = cmd
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(manifest_dir)
             .output()
             .expect("run cargo build");
         assert!(
