@@ -39,6 +39,7 @@ pub trait DeviceControl: Send + Sync {
 /// May block for up to the callback timeout while a registered service answers: call it off
 /// the virtqueue hot path (or accept that latency for the connect).
 pub trait PortResolver: Send + Sync {
+    /// Where guest `cid`'s connection from `guest_port` to host port `host_port` goes.
     fn route(&self, cid: u64, guest_port: u32, host_port: u32) -> Route;
 }
 

@@ -104,7 +104,8 @@ impl HostService {
         self.id
     }
 
-    /// End the session without unregistering: the plugin sees this service die.
+    /// End the session without unregistering: the plugin sees this service die (binder RPC only:
+    /// on kernel binder the plugin sees the death only when this process exits).
     pub fn abandon(mut self) {
         self.session.close();
         self.id = 0;

@@ -12,8 +12,11 @@ use crate::proto::control::{
 /// A device with fixed contents; records policy and reset calls.
 #[derive(Debug, Default)]
 pub struct FakeDevice {
+    /// Returned by `status()`.
     pub status: Mutex<Status>,
+    /// Returned by `connections()`.
     pub connections: Mutex<Vec<ConnectionInfo>>,
+    /// Returned by `metrics()`.
     pub metrics: Mutex<Metrics>,
     /// The last table given to `apply_policy`.
     pub policy: Mutex<Vec<PolicyRule>>,

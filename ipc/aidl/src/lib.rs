@@ -4,6 +4,7 @@
 //! plus a `binder` module with the names service code uses on both sides.
 
 /// Generated stubs: `aidl::android::vsockplugin::{IDeviceControl::*, ...}`.
+#[allow(missing_docs, clippy::all)]
 pub mod aidl {
     rsbinder::include_aidl!("android_vsockplugin");
 }
