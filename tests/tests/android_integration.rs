@@ -2018,3 +2018,45 @@ fn cargo_env_vars_are_ones_soong_sets() {
     }
     fail_if(errors, "CARGO_* variables under Soong");
 }
+
+/// Every module of ours compiles with the lint set Cargo.toml's `[workspace.lints]` emulates
+/// (`lints: "vendor"`: rustc -A deprecated -D warnings, clippy off; build/soong
+/// rust/config/lints.go), explicit so that the tree's location in AOSP does not choose it.
+#[test]
+fn every_module_uses_the_lint_set_cargo_emulates() {
+    let soong = Soong::load();
+    let cargo_toml = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    for needle in [
+        "[workspace.lints.rust]",
+        "warnings = \"deny\"",
+        "deprecated = \"allow\"",
+    ] {
+        assert!(
+            cargo_toml.contains(needle),
+            "Cargo.toml: {needle} missing: cargo no longer builds with Soong's vendor lints"
+        );
+    }
+    let mut errors = Vec::new();
+    for p in cargo_packages().iter().filter(|p| !is_aidl_package(p)) {
+        let manifest = std::fs::read_to_string(p.dir.join("Cargo.toml")).unwrap();
+        if !manifest.contains("[lints]\nworkspace = true") {
+            errors.push(format!(
+                "crate {}: Cargo.toml lacks [lints] workspace = true",
+                p.name
+            ));
+        }
+    }
+    // rust_protobuf output is generated code: Soong lints it by its own rules.
+    for m in soong.rust_modules().filter(|m| m.typ != "rust_protobuf") {
+        for (key, want) in [("lints", "vendor"), ("clippy_lints", "vendor")] {
+            if m.string(key) != Some(want) {
+                errors.push(format!(
+                    "module {}: {key} is {:?}, expected {want:?}",
+                    m.name,
+                    m.string(key)
+                ));
+            }
+        }
+    }
+    fail_if(errors, "lint sets");
+}
