@@ -38,6 +38,7 @@ use android_vsockplugin::aidl::android::vsockplugin::{
 };
 use binder::{BinderFeatures, ExceptionCode, FromIBinder, SpIBinder, Status, StatusCode, Strong};
 
+use super::ServeConfig;
 use crate::auth::AllowList;
 
 /// How often a bounded lookup asks servicemanager again.
@@ -184,25 +185,6 @@ pub fn new_listener_binder<T: IDeviceEventListener + Sync + 'static>(
 ) -> Strong<dyn IDeviceEventListener> {
     start_thread_pool();
     BnDeviceEventListener::new_binder(s, BinderFeatures::default())
-}
-
-/// Transport options of [`serve`] (RPC only: unused on kernel binder).
-#[derive(Clone, Debug)]
-pub struct ServeConfig {
-    /// Unused on kernel binder: there is no reply timeout for a callback, so a hung host
-    /// service blocks the resolving thread.
-    pub callback_timeout: Duration,
-    /// Unused on kernel binder (the process thread pool serves every client).
-    pub max_connections: usize,
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        ServeConfig {
-            callback_timeout: Duration::from_secs(5),
-            max_connections: 64,
-        }
-    }
 }
 
 /// A running control server. Inert: the process thread pool keeps serving and servicemanager

@@ -18,6 +18,29 @@ mod libbinder;
 #[cfg(soong)]
 pub use self::libbinder::*;
 
+use std::time::Duration;
+
+/// Transport options of `serve`. Binder RPC only: on kernel binder (and so in Soong builds)
+/// neither applies — there is no reply timeout for a callback, so a hung host service blocks
+/// the resolving thread, and the process thread pool serves every client.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The longest the plugin waits for a callback's reply (a host service's
+    /// `onGuestConnect`); on expiry that service's session ends and its registrations go.
+    pub callback_timeout: Duration,
+    /// Most concurrent client connections.
+    pub max_connections: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            callback_timeout: Duration::from_secs(5),
+            max_connections: 64,
+        }
+    }
+}
+
 /// The service names an instance `NAME` is published under (AIDL HAL convention
 /// `<interface descriptor>/<instance>`).
 pub fn service_names(instance: &str) -> (String, String) {

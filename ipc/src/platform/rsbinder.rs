@@ -18,6 +18,7 @@ use android_vsockplugin::binder::{ExceptionCode, Status, StatusCode, Strong};
 use rsbinder::rpc::{FileDescriptorTransportMode, PeerIdentity};
 use rsbinder::{Endpoint, SIBinder, Uri};
 
+use super::ServeConfig;
 use crate::auth::AllowList;
 
 /// Where the control services live: `binder://NAME` (kernel binder + servicemanager) or
@@ -147,25 +148,6 @@ pub fn new_listener_binder<T: IDeviceEventListener + Sync + 'static>(
     s: T,
 ) -> Strong<dyn IDeviceEventListener> {
     BnDeviceEventListener::new_binder(s)
-}
-
-/// Transport options of [`serve`].
-#[derive(Clone, Debug)]
-pub struct ServeConfig {
-    /// RPC: the longest the plugin waits for a callback's reply (a host service's
-    /// `onGuestConnect`); on expiry that service's session ends and its registrations go.
-    pub callback_timeout: Duration,
-    /// RPC: most concurrent client connections.
-    pub max_connections: usize,
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        ServeConfig {
-            callback_timeout: Duration::from_secs(5),
-            max_connections: 64,
-        }
-    }
 }
 
 /// A running control server; dropping it stops an RPC server (kernel: inert, the process

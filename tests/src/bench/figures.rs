@@ -415,7 +415,7 @@ fn rtt_sample(mut us: Vec<f64>, be: Option<&Backend>, b0: super::util::ProcCpu) 
     m.insert("p50_us", quantile(&us, 0.50));
     m.insert("p99_us", quantile(&us, 0.99));
     m.insert("p999_us", quantile(&us, 0.999));
-    us.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    us.sort_by(f64::total_cmp);
     m.insert("min_us", us.first().copied().unwrap_or(f64::NAN));
     m.insert("max_us", us.last().copied().unwrap_or(f64::NAN));
     if let Some(be) = be {

@@ -260,7 +260,7 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
         return f64::NAN;
     }
     let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s.sort_by(f64::total_cmp);
     let idx = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
     s[idx]
 }
@@ -270,7 +270,7 @@ pub fn median(v: &[f64]) -> f64 {
         return f64::NAN;
     }
     let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s.sort_by(f64::total_cmp);
     let n = s.len();
     if n % 2 == 1 {
         s[n / 2]

@@ -855,7 +855,7 @@ impl Write for Vsock {
 // Misc
 
 fn open_tty(path: &str) -> io::Result<std::fs::File> {
-    let c = CString::new(path).unwrap();
+    let c = CString::new(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: plain syscalls on a fresh fd.
     let fd =
         cvt(unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;

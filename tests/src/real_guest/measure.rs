@@ -61,7 +61,7 @@ fn median(v: &[f64]) -> f64 {
         return f64::NAN;
     }
     let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {
         v[n / 2]

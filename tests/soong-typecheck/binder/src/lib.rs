@@ -1,7 +1,9 @@
 //! Type-only stand-in for AOSP libbinder_rs (crate `binder`), transcribing the signatures of
 //! yaap/frameworks_native libs/binder/rust @ 4cdda61bb6c6e97322d2b93369191609378d286f.
-//! Bodies are unimplemented: this only type-checks callers. Deliberately no extra impls
-//! (e.g. Status is not Clone, SpIBinder has no Default) so misuse fails to compile.
+//! Bodies are `unimplemented!()`: this crate is only ever type-checked (`tests/soong-typecheck/run`
+//! runs `cargo rustc` on ipc; nothing is linked or executed), so no body can be reached.
+//! Deliberately no extra impls (e.g. Status is not Clone, SpIBinder has no Default) so misuse
+//! fails to compile.
 #![allow(missing_docs, dead_code, clippy::all, non_camel_case_types, clippy::undocumented_unsafe_blocks)]
 
 use std::any::Any;
