@@ -91,6 +91,13 @@ const TICK: Duration = Duration::from_millis(20);
 /// A frontend must deliver a whole message within this time once it started sending one.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The epoll timeout for a wait of `left`: whole milliseconds rounded *up*, so that a wait of
+/// less than a millisecond sleeps instead of returning at once (rounding down made the loop spin
+/// through the last millisecond before every tick).
+fn wait_ms(left: Duration) -> i32 {
+    i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+}
+
 pub struct VmWorker {
     name: String,
     epoll: Epoll,
@@ -210,9 +217,7 @@ impl VmWorker {
         let mut next_tick = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             let timeout = if check_timers {
-                next_tick
-                    .saturating_duration_since(Instant::now())
-                    .as_millis() as i32
+                wait_ms(next_tick.saturating_duration_since(Instant::now()))
             } else {
                 -1
             };
@@ -449,5 +454,20 @@ impl VmWorker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoll_wait_rounds_up_to_whole_milliseconds() {
+        assert_eq!(wait_ms(Duration::ZERO), 0);
+        assert_eq!(wait_ms(Duration::from_micros(1)), 1);
+        assert_eq!(wait_ms(Duration::from_micros(500)), 1);
+        assert_eq!(wait_ms(Duration::from_millis(20)), 20);
+        assert_eq!(wait_ms(Duration::from_micros(19_001)), 20);
+        assert_eq!(wait_ms(Duration::from_secs(u64::MAX)), i32::MAX);
     }
 }

@@ -150,7 +150,12 @@ fn run_command(rest: &str, out: &Arc<Mutex<std::fs::File>>) {
         "answer" => answer(port, &text("text"), ready),
         "bulk_send" => bulk_send(cid, port, get("bytes", 0), get("seed", 1)),
         "bulk_recv" => bulk_recv(port, ready),
-        "exec" => exec(&text("cmd"), get("timeout_ms", 60000)),
+        "exec" => exec(
+            &text("cmd"),
+            get("timeout_ms", 60000),
+            &text("ready_on"),
+            ready,
+        ),
         other => Err(format!("unknown op {other}")),
     };
     let ms = start.elapsed().as_millis();
@@ -603,7 +608,10 @@ fn bulk_recv(port: u32, ready: impl FnOnce()) -> OpResult {
 
 /// Runs `/bin/sh -c cmd` (stdout and stderr together) with a time limit; PASS when it exits 0.
 /// The detail is `status=<n> out=<escaped last 8000 bytes of output>`.
-fn exec(cmd: &str, timeout_ms: u64) -> OpResult {
+/// Runs `cmd` under `/bin/sh -c` with a time limit; its output (stdout and stderr) comes back in the
+/// result. With `ready_on`, READY is sent once that text appears in the output (e.g. a server's
+/// "listening" line), so the host can start the other side only then.
+fn exec(cmd: &str, timeout_ms: u64, ready_on: &str, ready: impl FnOnce()) -> OpResult {
     use std::process::{Command, Stdio};
     let out_path = "/tmp/agent-exec.out";
     let file = std::fs::File::create(out_path).map_err(|e| format!("{out_path}: {e}"))?;
@@ -616,6 +624,7 @@ fn exec(cmd: &str, timeout_ms: u64) -> OpResult {
         .spawn()
         .map_err(|e| format!("spawn: {e}"))?;
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let mut ready = (!ready_on.is_empty()).then_some(ready);
     let status = loop {
         if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
             break st.code().unwrap_or(-1);
@@ -625,7 +634,15 @@ fn exec(cmd: &str, timeout_ms: u64) -> OpResult {
             let _ = child.wait();
             break -2;
         }
-        thread::sleep(Duration::from_millis(20));
+        if ready.is_some() {
+            let so_far = std::fs::read(out_path).unwrap_or_default();
+            if String::from_utf8_lossy(&so_far).contains(ready_on) {
+                if let Some(r) = ready.take() {
+                    r();
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(if ready.is_some() { 5 } else { 20 }));
     };
     let out = std::fs::read(out_path).unwrap_or_default();
     let tail = &out[out.len().saturating_sub(8000)..];

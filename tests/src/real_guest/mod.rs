@@ -12,4 +12,5 @@ pub mod measure;
 pub mod proto;
 pub mod qemu;
 pub mod runner;
+pub mod selftest;
 pub mod util;

@@ -26,6 +26,10 @@ pub struct QemuConfig {
     pub viommu: bool,
     /// `iommu_platform=on` on the vsock device (implied by `viommu`).
     pub iommu_platform: bool,
+    /// QEMU user-mode networking (`-netdev user` + virtio-net) instead of `-nic none`; the value
+    /// is appended to the netdev (e.g. `hostfwd=tcp:127.0.0.1:40000-:1234`, or empty). The guest
+    /// is 10.0.2.15/24 and reaches the host's loopback at 10.0.2.2.
+    pub user_net: Option<String>,
 }
 
 impl QemuConfig {
@@ -138,16 +142,19 @@ impl Vm {
                 "console=ttyS0 panic=-1 quiet {}{iommu_append}",
                 cfg.append
             ))
-            .args([
-                "-display",
-                "none",
-                "-monitor",
-                "none",
-                "-nic",
-                "none",
-                "-no-reboot",
-            ])
-            .arg("-serial")
+            .args(["-display", "none", "-monitor", "none", "-no-reboot"]);
+        match &cfg.user_net {
+            None => cmd.args(["-nic", "none"]),
+            Some(opts) => {
+                let sep = if opts.is_empty() { "" } else { "," };
+                // No option ROM: none is needed for a -kernel boot, and QEMU without ipxe
+                // installed would refuse to start looking for one.
+                cmd.arg("-netdev")
+                    .arg(format!("user,id=n0{sep}{opts}"))
+                    .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
+            }
+        };
+        cmd.arg("-serial")
             .arg(format!("file:{}", console.display()))
             .arg("-chardev")
             .arg(format!(

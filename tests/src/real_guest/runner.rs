@@ -13,7 +13,7 @@ use super::cases::{self, CaseResult, Fail, Guest, BOOT_CASES};
 use super::kernels::{self, Kernel};
 use super::qemu::{QemuConfig, Vm};
 use super::util::{indent, which};
-use super::{binder, host, initramfs, iommu, measure};
+use super::{binder, host, initramfs, iommu, measure, selftest};
 
 pub const RESTART_CASE: &str = "qemu_restart";
 pub const SIBLINGS_CASE: &str = "siblings_groups";
@@ -31,7 +31,8 @@ const USAGE: &str = "usage: real-guest [options]
                             (default: <target dir>/vsock-plugin --guest-cid {cid} --socket {socket} --uds-path {uds})
   --backend-multi TEMPLATE  backend command for several VMs; the word {vms} becomes one
                             `--vm guest-cid=..,socket=..,uds-path=..,groups=..` per VM (default: first word of --backend + {vms})
-  --kernel LINE             run only this kernel line (6.1, 6.12); repeatable
+  --kernel LINE             run only this kernel line (6.1, 6.12, or the upstream line setup picked,
+                            e.g. 7.3); repeatable
   --case NAME               run only this case; repeatable or comma-separated (see --list)
   --list                    list the cases
   --qemu PATH               QEMU binary (default: qemu-system-x86_64 from PATH)
@@ -187,6 +188,7 @@ fn all_case_names() -> Vec<&'static str> {
     v.push(SIBLINGS_CASE);
     v.push(SIBLINGS_BULK_CASE);
     v.extend(iommu::CASES);
+    v.extend(selftest::CASES);
     v
 }
 
@@ -531,6 +533,41 @@ pub fn main() -> ExitCode {
                 });
             }
         }
+        let selftests: Vec<&'static str> =
+            selftest::CASES.into_iter().filter(|c| want(c)).collect();
+        if !selftests.is_empty() {
+            let template = o
+                .backend_multi
+                .clone()
+                .unwrap_or_else(|| format!("{backend_bin} {{vms}}"));
+            let sdir = dir.join("vsock_test");
+            let t = Instant::now();
+            let rows = selftest::run(
+                k, &run.qemu, &o.busybox, &agent, &template, &sdir, &selftests,
+            );
+            let (ok, all) = (rows.iter().filter(|r| r.2.is_ok()).count(), rows.len());
+            for (name, took, res) in rows {
+                report.record(&k.line, &name, took, &res, || {
+                    let mut s = tails(None, &sdir.join("backend.log"));
+                    for cid in [3, 4, 5] {
+                        let c = sdir.join(format!("vm{cid}/console.log"));
+                        s.push_str(&format!(
+                            "\n    --- guest {cid} console, last 10 lines ---\n{}",
+                            indent(&super::util::file_tail(&c, 10), "    | ")
+                        ));
+                    }
+                    s
+                });
+            }
+            println!(
+                "[{}] kernel selftest: {ok} of {all} rows passed in {:.0} s (vsock_test from \
+                 linux-source of {} {})",
+                k.line,
+                t.elapsed().as_secs_f64(),
+                k.package,
+                k.version
+            );
+        }
         for name in iommu::CASES.into_iter().filter(|c| want(c)) {
             let cd = iommu::CaseDir {
                 dir: dir.join(name),
@@ -546,12 +583,32 @@ pub fn main() -> ExitCode {
         started.elapsed().as_secs_f64()
     );
     for k in &selected {
-        let row: Vec<String> = report
-            .rows
+        let mine: Vec<_> = report.rows.iter().filter(|r| r.0 == k.line).collect();
+        // The kernel selftest's rows (one per vsock_test test) are shown as one count here.
+        let selftest_row = |r: &(String, String, bool)| r.1.starts_with("vsock_test ");
+        let mut row: Vec<String> = mine
             .iter()
-            .filter(|r| r.0 == k.line)
+            .filter(|r| !selftest_row(r))
             .map(|r| format!("{}{}", if r.2 { "" } else { "FAIL:" }, r.1))
             .collect();
+        let tests: Vec<_> = mine.iter().filter(|r| selftest_row(r)).collect();
+        if !tests.is_empty() {
+            let failed: Vec<&str> = tests
+                .iter()
+                .filter(|r| !r.2)
+                .map(|r| r.1.trim_start_matches("vsock_test "))
+                .collect();
+            row.push(format!(
+                "vsock_test({}/{} passed{})",
+                tests.len() - failed.len(),
+                tests.len(),
+                if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; FAIL: {}", failed.join(", "))
+                }
+            ));
+        }
         println!(
             "  {} ({} {}): {}",
             k.line,
