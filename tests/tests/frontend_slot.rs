@@ -173,3 +173,22 @@ fn slow_drip_message_is_dropped_after_the_deadline_other_vms_unaffected() {
     assert_transfers(&mut vm, &p, 12006);
     eprintln!("dripper dropped after {elapsed:?}; other VM did {canary_rounds} round trips");
 }
+
+/// Issue 12 item 6: a connection that waited in the backlog while the VMM ran becomes the holder
+/// when the VMM disconnects; the reconnecting VMM is served at once, not after that stale
+/// connection times out.
+#[test]
+fn stale_backlog_connection_does_not_delay_the_reconnecting_vmm() {
+    let p = plugin(&[]);
+    let vm = qemu_vm(&p);
+    let stale = UnixStream::connect(&p.vm().socket).unwrap();
+    settle();
+    drop(vm);
+    settle();
+    let t = Instant::now();
+    let mut vm = qemu_vm_waiting(&p, secs(5));
+    let took = t.elapsed();
+    assert_transfers(&mut vm, &p, 12007);
+    assert!(VhostUserClient::from_stream(stale).closed_within(secs(5)));
+    eprintln!("reconnecting VMM served after {took:?}");
+}
