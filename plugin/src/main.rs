@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use vsock_plugin::config::cli::{parse_args, Command, USAGE};
+use vsock_plugin::readiness::Readiness;
 use vsock_plugin::Plugin;
 
 fn init_logging() {
@@ -54,6 +55,18 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    let socket_fds: Vec<i32> = configs.iter().filter_map(|c| c.socket_fd).collect();
+    let readiness = match Readiness::take(
+        process.ready_fd,
+        &socket_fds,
+        std::env::var_os("NOTIFY_SOCKET"),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vsock-plugin: {e}");
+            return ExitCode::from(2);
+        }
+    };
     for c in &configs {
         log::info!(
             "guest CID {}: vhost-user {}, hybrid vsock {}",
@@ -67,6 +80,8 @@ fn main() -> ExitCode {
     }
     match Plugin::start_with(configs, &process) {
         Ok(plugin) => {
+            // Every vhost-user, hybrid and control socket listens now.
+            readiness.signal();
             plugin.wait();
             ExitCode::SUCCESS
         }
