@@ -1,6 +1,7 @@
 //! Assembles one frontend message at a time from a non-blocking socket, so the VM's event loop
 //! never waits on a frontend: each readiness event reads what has arrived (never past the end of
-//! the current message) and the message is handed over once whole.
+//! the current message) and the message is handed over once whole. Requests on the vhost-user
+//! socket, or replies on the backend channel ([`MessageReader::replies`]).
 //!
 //! The per-message deadline is counted from the first byte of a message ([`MessageReader::started`]),
 //! not per read: a frontend dripping one byte at a time cannot stretch a message beyond it. The
@@ -23,15 +24,25 @@ pub struct MessageReader {
     fds: Vec<File>,
     /// When the first byte of the message in progress arrived.
     started: Option<Instant>,
+    /// Reads replies (REPLY flag set) rather than requests.
+    reply: bool,
 }
 
 impl MessageReader {
+    /// A reader of replies (the backend channel), not requests.
+    pub fn replies() -> MessageReader {
+        MessageReader {
+            reply: true,
+            ..MessageReader::default()
+        }
+    }
+
     /// When the message in progress started arriving (`None` between messages).
     pub fn started(&self) -> Option<Instant> {
         self.started
     }
 
-    /// Reads what `sock` has without blocking. `Ok(Some)` hands over a whole request, `Ok(None)`
+    /// Reads what `sock` has without blocking. `Ok(Some)` hands over a whole message, `Ok(None)`
     /// means more bytes are needed (or none were there). EOF is [`WireError::Closed`], also in
     /// the middle of a message.
     pub fn poll(&mut self, sock: &UnixStream) -> Result<Option<Message>, WireError> {
@@ -59,7 +70,7 @@ impl MessageReader {
                     self.header[self.header_len..self.header_len + n].copy_from_slice(&chunk[..n]);
                     self.header_len += n;
                     if self.header_len == HEADER_SIZE {
-                        let h = wire::parse_header(&self.header, false)?;
+                        let h = wire::parse_header(&self.header, self.reply)?;
                         self.payload = Vec::with_capacity(h.size);
                         self.parsed = Some(h);
                     }
@@ -149,6 +160,25 @@ mod tests {
         let m = r.poll(&back).unwrap().unwrap();
         assert_eq!((m.request, m.payload), (5, vec![9u8; 8]));
         assert!(r.poll(&back).unwrap().is_none());
+    }
+
+    /// A reply reader takes replies and refuses requests.
+    #[test]
+    fn reply_reader_takes_replies_only() {
+        let (front, back) = UnixStream::pair().unwrap();
+        wire::send_message(
+            &front,
+            1,
+            wire::FLAG_VERSION_1 | wire::FLAG_REPLY,
+            &[0u8; 8],
+            &[],
+        )
+        .unwrap();
+        let mut r = MessageReader::replies();
+        let m = r.poll(&back).unwrap().unwrap();
+        assert_eq!((m.request, m.payload.len()), (1, 8));
+        wire::send_message(&front, 1, wire::FLAG_VERSION_1, &[], &[]).unwrap();
+        assert!(matches!(r.poll(&back), Err(WireError::BadFlags(1))));
     }
 
     /// EOF inside a message and a bad header are errors.

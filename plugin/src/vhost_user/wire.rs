@@ -11,8 +11,9 @@
 //!   arrive whole within a deadline counted from its first byte; [`recv_message`] (blocking) is for
 //!   peers that only answer us and for tests.
 //! - every message is sent with `sendmsg` (`MSG_NOSIGNAL`): a closed peer is an error, never SIGPIPE.
-//!   Replies to a frontend are sent with `MSG_DONTWAIT` too: a frontend that lets its replies pile up
-//!   until the socket buffer is full is not reading them, and is dropped rather than waited for.
+//!   Replies to a frontend, and backend-channel requests, are sent with `MSG_DONTWAIT` too: a
+//!   frontend that lets them pile up until the socket buffer is full is not reading them, and is
+//!   dropped rather than waited for. No socket timeouts (`SO_RCVTIMEO`/`SO_SNDTIMEO`) are used.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -135,8 +136,23 @@ fn read_exact_or_closed(reader: &mut &UnixStream, buf: &mut [u8]) -> Result<(), 
 /// Sends a reply (flags: version 1 | REPLY) for `request` with `payload` to a frontend, without
 /// waiting for room in the socket buffer (a full buffer is an error: see the module rules).
 pub fn send_reply(sock: &UnixStream, request: u32, payload: &[u8]) -> io::Result<()> {
-    let buf = frame(request, FLAG_VERSION_1 | FLAG_REPLY, payload);
-    sendmsg_all(sock, &buf, &[], libc::MSG_DONTWAIT)
+    send_message_nowait(sock, request, FLAG_VERSION_1 | FLAG_REPLY, payload)
+}
+
+/// Sends one message without fds and without waiting for room in the socket buffer: a full
+/// buffer is `WouldBlock` (the peer is not reading).
+pub fn send_message_nowait(
+    sock: &UnixStream,
+    request: u32,
+    flags: u32,
+    payload: &[u8],
+) -> io::Result<()> {
+    sendmsg_all(
+        sock,
+        &frame(request, flags, payload),
+        &[],
+        libc::MSG_DONTWAIT,
+    )
 }
 
 /// Sends one message with optional fds (blocking until the socket takes it all).
