@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod host;
 pub mod iotlb;
+pub mod readiness;
 pub mod vhost_user;
 pub mod virtqueue;
 pub mod vsock;
@@ -56,6 +57,8 @@ pub struct ProcessOptions {
     pub control: Option<String>,
     /// Uids allowed to call the control plane (the plugin's own uid always is).
     pub control_allow_uids: Vec<u32>,
+    /// `--ready-fd`: written to and closed once every socket listens ([`readiness`]).
+    pub ready_fd: Option<i32>,
 }
 
 /// The running plugin: one worker thread per VM.

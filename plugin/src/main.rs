@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use vsock_plugin::config::cli::{parse_args, Command, USAGE};
+use vsock_plugin::readiness::Readiness;
 use vsock_plugin::Plugin;
 
 fn init_logging() {
@@ -13,11 +14,29 @@ fn init_logging() {
             .with_tag("vsock_plugin")
             .with_max_level(log::LevelFilter::Info),
     );
+    // No colours, so no terminal probe (an `ioctl(TCGETS)` on stderr, which Cuttlefish's
+    // sandbox policy does not allow); logs go to a file or a pipe anyway.
     #[cfg(not(target_os = "android"))]
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .write_style(env_logger::WriteStyle::Never)
+        .init();
+}
+
+/// One glibc malloc arena for the whole process. Otherwise every thread's first allocation
+/// reserves a 64 MiB `PROT_NONE` region (`mmap(PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE)`,
+/// outside Cuttlefish's sandbox policy) and arena trimming adds `madvise` calls. The worker
+/// threads allocate little on their data paths, so one arena costs nothing measurable.
+fn bound_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called first thing in main, before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 fn main() -> ExitCode {
+    bound_malloc_arenas();
     let (configs, process) = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(configs, process)) => (configs, process),
         Ok(Command::Ctl(args)) => {
@@ -54,6 +73,18 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    let socket_fds: Vec<i32> = configs.iter().filter_map(|c| c.socket_fd).collect();
+    let readiness = match Readiness::take(
+        process.ready_fd,
+        &socket_fds,
+        std::env::var_os("NOTIFY_SOCKET"),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vsock-plugin: {e}");
+            return ExitCode::from(2);
+        }
+    };
     for c in &configs {
         log::info!(
             "guest CID {}: vhost-user {}, hybrid vsock {}",
@@ -67,6 +98,8 @@ fn main() -> ExitCode {
     }
     match Plugin::start_with(configs, &process) {
         Ok(plugin) => {
+            // Every vhost-user, hybrid and control socket listens now.
+            readiness.signal();
             plugin.wait();
             ExitCode::SUCCESS
         }

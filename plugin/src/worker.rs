@@ -2,8 +2,9 @@
 //! socket of that VM, so the data path needs no locks. It waits on one epoll set; events are
 //! identified by [`token::Token`].
 //!
-//! The loop never blocks on a peer: host sockets are non-blocking; a vhost-user message is read
-//! whole under a receive timeout (a frontend that stalls mid-message is dropped).
+//! The loop never blocks on a peer: host sockets are non-blocking; a vhost-user message is
+//! assembled as its bytes arrive and must be whole within a deadline from its first byte; who holds
+//! the frontend slot, and when a newer connection takes it over, is [`crate::vhost_user::slot`].
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use crate::control::{Request, VmControl, VmReport};
 use crate::vhost_user::features::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET};
 use crate::vhost_user::listener::FrontendListener;
 use crate::vhost_user::session::{FrontendSession, SessionConfig};
+use crate::vhost_user::slot;
 use crate::vsock::device::{Rings, VsockDevice};
 use vsock_plugin_ipc::proto::control::DeviceState;
 
@@ -88,8 +90,6 @@ use token::Token;
 
 /// How often timeouts are checked while any are pending.
 const TICK: Duration = Duration::from_millis(20);
-/// A frontend must deliver a whole message within this time once it started sending one.
-const MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The epoll timeout for a wait of `left`: whole milliseconds rounded *up*, so that a wait of
 /// less than a millisecond sleeps instead of returning at once (rounding down made the loop spin
@@ -111,6 +111,8 @@ pub struct VmWorker {
     /// The control plane's mailbox for this VM, when one is attached.
     control: Option<Arc<VmControl>>,
     last_state: DeviceState,
+    /// Whether the frontend listener is in the epoll set (see [`Self::sync_listener`]).
+    listener_watched: bool,
 }
 
 impl VmWorker {
@@ -135,6 +137,7 @@ impl VmWorker {
         if let Some(fd) = listener.listen_fd() {
             add(fd, Token::FrontendListener)?;
         }
+        let listener_watched = listener.listen_fd().is_some();
         let mut w = VmWorker {
             name,
             epoll,
@@ -147,6 +150,7 @@ impl VmWorker {
             kicks: [None; NUM_QUEUES],
             control: None,
             last_state: DeviceState::DEVICE_STATE_UNSPECIFIED,
+            listener_watched,
         };
         if !w.listener.can_accept() {
             w.accept_frontend();
@@ -242,6 +246,7 @@ impl VmWorker {
                 if let Some(session) = self.session.as_mut() {
                     check_timers |= session.check_miss_timeouts();
                 }
+                check_timers |= self.check_frontend_deadlines();
                 next_tick = Instant::now() + TICK;
                 self.pump();
             }
@@ -318,8 +323,22 @@ impl VmWorker {
         session.send_pending_misses();
     }
 
+    /// A connection waits on the frontend socket: serve it if the slot is free, or replace a
+    /// holder that may be replaced (silent, or stale before establishing its session); otherwise
+    /// leave it in the backlog and stop watching until that changes.
     fn accept_frontend(&mut self) {
-        if self.session.is_some() {
+        if let Some(session) = &self.session {
+            match session.activity().replaceable(Instant::now()) {
+                Some(why) => {
+                    log::warn!(
+                        "[{}] a new frontend connection replaces the current one ({why})",
+                        self.name
+                    );
+                    // Accepts the newcomer once the slot is free.
+                    self.drop_frontend();
+                }
+                None => self.sync_listener(),
+            }
             return;
         }
         let stream = match self.listener.next_frontend() {
@@ -330,10 +349,6 @@ impl VmWorker {
                 return;
             }
         };
-        if let Err(e) = stream.set_read_timeout(Some(MESSAGE_TIMEOUT)) {
-            log::warn!("[{}] frontend socket setup failed: {e}", self.name);
-            return;
-        }
         let fd = stream.as_raw_fd();
         match FrontendSession::new(stream, self.session_config) {
             Ok(session) => {
@@ -345,14 +360,10 @@ impl VmWorker {
                     log::warn!("[{}] cannot watch the frontend: {e}", self.name);
                     return;
                 }
-                // One frontend at a time; later ones wait in the backlog.
-                if let Some(lfd) = self.listener.listen_fd() {
-                    let _ = self
-                        .epoll
-                        .ctl(ControlOperation::Delete, lfd, EpollEvent::default());
-                }
                 log::info!("[{}] frontend connected", self.name);
                 self.session = Some(session);
+                // Still watched while the newcomer is silent: a probe cannot keep the VMM out.
+                self.sync_listener();
             }
             Err(e) => log::error!("[{}] {e}", self.name),
         }
@@ -362,8 +373,9 @@ impl VmWorker {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        match session.serve_one() {
-            Ok(()) => {
+        match session.serve_ready() {
+            Ok(false) => {}
+            Ok(true) => {
                 let changes = session.take_changes();
                 let seqpacket = session.acked_features() & VIRTIO_VSOCK_F_SEQPACKET != 0;
                 self.device.set_seqpacket(seqpacket);
@@ -376,6 +388,8 @@ impl VmWorker {
                 if changes.backend_channel {
                     self.watch_backend_channel();
                 }
+                // An established frontend keeps the slot: newcomers wait in the backlog.
+                self.sync_listener();
             }
             Err(e) => {
                 match &e {
@@ -403,15 +417,63 @@ impl VmWorker {
         self.kicks = [None; NUM_QUEUES];
         self.device.reset();
         self.device.set_running(false);
-        if let Some(lfd) = self.listener.listen_fd() {
-            let _ = self.epoll.ctl(
-                ControlOperation::Add,
-                lfd,
-                EpollEvent::new(EventSet::IN, Token::FrontendListener.encode()),
-            );
+        self.sync_listener();
+        if self.listener.can_accept() {
             // A frontend may already be waiting in the backlog.
             self.accept_frontend();
         }
+    }
+
+    /// Watches the frontend listener exactly while a newcomer could be served: the slot is free
+    /// or its holder is replaceable (see [`slot`]).
+    fn sync_listener(&mut self) {
+        let Some(lfd) = self.listener.listen_fd() else {
+            return;
+        };
+        let want = self
+            .session
+            .as_ref()
+            .is_none_or(|s| s.activity().replaceable(Instant::now()).is_some());
+        if want == self.listener_watched {
+            return;
+        }
+        let res = if want {
+            self.epoll.ctl(
+                ControlOperation::Add,
+                lfd,
+                EpollEvent::new(EventSet::IN, Token::FrontendListener.encode()),
+            )
+        } else {
+            self.epoll
+                .ctl(ControlOperation::Delete, lfd, EpollEvent::default())
+        };
+        match res {
+            Ok(()) => self.listener_watched = want,
+            Err(e) => log::warn!("[{}] frontend listener watch: {e}", self.name),
+        }
+    }
+
+    /// Enforces the per-message deadline and lets a stale holder become replaceable. Returns
+    /// whether the frontend still needs the timer.
+    fn check_frontend_deadlines(&mut self) -> bool {
+        let Some(session) = &self.session else {
+            return false;
+        };
+        let now = Instant::now();
+        if let Some(took) = slot::message_overdue(session.message_started(), now) {
+            log::error!(
+                "[{}] dropping the frontend: a message still incomplete {:.1} s after its first \
+                 byte (deadline {} s)",
+                self.name,
+                took.as_secs_f64(),
+                slot::MESSAGE_DEADLINE.as_secs()
+            );
+            self.drop_frontend();
+            return false;
+        }
+        let pending = session.message_started().is_some() || session.activity().pending_change();
+        self.sync_listener();
+        pending
     }
 
     fn watch_backend_channel(&mut self) {

@@ -190,9 +190,10 @@ struct AospCrate {
 }
 
 /// What an AOSP tree compiles our rust-vmm and protobuf dependencies as (read from the CodeLinaro
-/// mirror of android-crates-io, tree of 2026-08/09: vm-memory METADATA 2026-08-21, vhost's
-/// Cargo.lock there pairing vhost 0.17.0 with vm-memory 0.18.0). Soong ignores semver, so what
-/// must hold is that our sources compile against these versions and features.
+/// mirror of android-crates-io, upgrade commit 9171eb57c0a430d29a1588e68881774989e89c3f of
+/// 2026-08-21: vm-memory 0.18.0, virtio-queue 0.18.0, vhost 0.17.0 requiring vm-memory 0.18.0).
+/// Soong ignores semver, so what must hold is that our sources compile against these versions and
+/// features: tests/aosp-crates builds them so, with the rest of AOSP's crate set.
 const AOSP_CRATES: &[AospCrate] = &[
     AospCrate {
         name: "vhost",
@@ -216,13 +217,10 @@ const AOSP_CRATES: &[AospCrate] = &[
     },
     AospCrate {
         name: "virtio-queue",
-        version: "0.17.0",
+        // METADATA and .cargo-checksum.json (package hash = crates.io's 0.18.0) at 9171eb57.
+        version: "0.18.0",
         features: &[],
-        differs: Some(
-            "0.18.0 only raises its vm-memory requirement from 0.17.1 to 0.18.0 and adds From \
-             impls for QueueSync (its CHANGELOG); cargo cannot pair virtio-queue 0.17 with \
-             vm-memory 0.18, Soong builds 0.17.0 against libvm_memory_android 0.18.0",
-        ),
+        differs: None,
     },
     AospCrate {
         name: "protobuf",

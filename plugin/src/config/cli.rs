@@ -70,6 +70,8 @@ Options (each also as `--option=VALUE`; as `--vm` keys, without the dashes):
     --control URI                   serve the control plane (binder://NAME, or binder RPC at
                                     unix:///path#NAME); see `vsock-plugin ctl --help`
     --control-allow-uid UID[+UID]   uids allowed to call the control plane (own uid always)
+    --ready-fd FD                   write one byte to FD and close it once every socket listens
+                                    (also: READY=1 to $NOTIFY_SOCKET when set, as systemd expects)
     ctl COMMAND ...                 talk to a running plugin: caps, status, connections, metrics,
                                     routes, policy ... (as the first argument)
     -h, --help                      print this help
@@ -238,6 +240,20 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
                     })?;
                     process.control_allow_uids.push(uid);
                 }
+            }
+            continue;
+        }
+        if name == "ready-fd" {
+            let Some(value) = inline.or_else(|| args.next()) else {
+                return Err(CliError::MissingValue(option));
+            };
+            let fd = value
+                .parse::<i32>()
+                .ok()
+                .filter(|fd| *fd >= 0)
+                .ok_or_else(|| CliError::BadProcessOption(format!("{option}: bad fd {value:?}")))?;
+            if process.ready_fd.replace(fd).is_some() {
+                return Err(CliError::RepeatedOption(option));
             }
             continue;
         }

@@ -6,7 +6,9 @@
 //! the address is invalid. Replies arrive in order, so a FIFO of (queue, IOVA) maps each reply
 //! to the exact MISS it answers: a reply can arrive after an UPDATE already resolved its miss and
 //! the queue parked on another address, and must not be taken as the answer to that one. The
-//! channel is read from the worker's event loop; nothing waits on it.
+//! channel is read from the worker's event loop without blocking (a reply is assembled as it
+//! arrives; one that never completes leaves its MISS to the miss timeout), and a MISS is sent
+//! without waiting for room: nothing waits on the frontend, and no socket timeout is set.
 
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
@@ -14,6 +16,7 @@ use std::os::unix::net::UnixStream;
 use vm_memory::Permissions;
 
 use super::message::encode_miss;
+use crate::vhost_user::reader::MessageReader;
 use crate::vhost_user::wire::{self, WireError, FLAG_NEED_REPLY, FLAG_VERSION_1};
 
 /// `VHOST_USER_BACKEND_IOTLB_MSG`.
@@ -22,15 +25,15 @@ pub const BACKEND_IOTLB_MSG: u32 = 1;
 pub struct BackendChannel {
     sock: UnixStream,
     awaiting: VecDeque<(usize, u64)>,
+    reader: MessageReader,
 }
 
 impl BackendChannel {
     pub fn new(sock: UnixStream) -> BackendChannel {
-        let _ = sock.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-        let _ = sock.set_write_timeout(Some(std::time::Duration::from_secs(2)));
         BackendChannel {
             sock,
             awaiting: VecDeque::new(),
+            reader: MessageReader::replies(),
         }
     }
 
@@ -41,21 +44,22 @@ impl BackendChannel {
     /// Asks the frontend to map `iova` with `perm` for queue `queue`.
     pub fn send_miss(&mut self, queue: usize, iova: u64, perm: Permissions) -> std::io::Result<()> {
         log::debug!("IOTLB MISS for queue {queue}: iova {iova:#x} perm {perm:?}");
-        wire::send_message(
+        wire::send_message_nowait(
             &self.sock,
             BACKEND_IOTLB_MSG,
             FLAG_VERSION_1 | FLAG_NEED_REPLY,
             &encode_miss(iova, perm),
-            &[],
         )?;
         self.awaiting.push_back((queue, iova));
         Ok(())
     }
 
-    /// Reads one reply: the queue and IOVA of the MISS it answers, and the frontend's status
-    /// (0 = handled).
+    /// Reads what has arrived; once a reply is whole: the queue and IOVA of the MISS it answers,
+    /// and the frontend's status (0 = handled).
     pub fn read_reply(&mut self) -> Result<Option<(usize, u64, u64)>, WireError> {
-        let msg = wire::recv_reply(&self.sock)?;
+        let Some(msg) = self.reader.poll(&self.sock)? else {
+            return Ok(None);
+        };
         if msg.request != BACKEND_IOTLB_MSG || msg.payload.len() != 8 {
             log::warn!(
                 "unexpected message {} ({} bytes) on the backend channel",

@@ -3,11 +3,16 @@
 //!
 //! - [`listener`]: the socket a VMM connects to (a path, or an inherited fd).
 //! - [`wire`]: message framing and fd passing.
+//! - [`reader`]: non-blocking assembly of one frontend message at a time.
+//! - [`slot`]: who holds the single frontend slot; per-message deadline; when a newer connection
+//!   takes over.
 //! - [`session`]: request handlers and the state of one frontend connection.
 //! - [`memory`]: the guest memory table and frontend-VA → guest-physical translation.
 //! - [`features`]: what is offered and accepted.
 pub mod features;
 pub mod listener;
 pub mod memory;
+pub mod reader;
 pub mod session;
+pub mod slot;
 pub mod wire;

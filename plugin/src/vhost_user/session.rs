@@ -20,6 +20,8 @@ use vm_memory::ByteValued;
 
 use super::features::{self, NUM_QUEUES, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX};
 use super::memory::{MemoryTable, RegionSpec, MAX_REGIONS};
+use super::reader::MessageReader;
+use super::slot::Activity;
 use super::wire::{self, Message};
 use crate::iotlb::message::{parse_request as parse_iotlb_request, IotlbRequest};
 use crate::iotlb::miss::BackendChannel;
@@ -85,6 +87,10 @@ pub struct FrontendSession {
     vrings: Vec<Vring>,
     backend_channel: Option<BackendChannel>,
     changes: Changes,
+    /// The message being received (the worker never blocks on the frontend).
+    reader: MessageReader,
+    /// What this frontend has done, for the slot policy.
+    activity: Activity,
 }
 
 impl FrontendSession {
@@ -115,7 +121,19 @@ impl FrontendSession {
             vrings,
             backend_channel: None,
             changes: Changes::default(),
+            reader: MessageReader::default(),
+            activity: Activity::new(Instant::now()),
         })
+    }
+
+    /// What this frontend has sent so far (see [`super::slot`]).
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// When the message being received started arriving (`None` between messages).
+    pub fn message_started(&self) -> Option<Instant> {
+        self.reader.started()
     }
 
     /// Guest memory for the data path, once the frontend shared it.
@@ -235,9 +253,26 @@ impl FrontendSession {
         std::mem::take(&mut self.changes)
     }
 
-    /// Reads one message, handles it and sends its reply. `Err` means: drop this frontend.
+    /// Reads one message (blocking until it is whole), handles it and sends its reply. `Err`
+    /// means: drop this frontend.
     pub fn serve_one(&mut self) -> Result<(), SessionError> {
         let msg = wire::recv_message(&self.sock).map_err(|e| SessionError::Fatal(e.to_string()))?;
+        self.handle_message(msg)
+    }
+
+    /// Reads what the frontend has sent without blocking, and handles the message once it is
+    /// whole. `Ok(true)`: a message was handled. `Err` means: drop this frontend.
+    pub fn serve_ready(&mut self) -> Result<bool, SessionError> {
+        match self.reader.poll(&self.sock) {
+            Ok(Some(msg)) => self.handle_message(msg).map(|()| true),
+            Ok(None) => Ok(false),
+            Err(e) => Err(SessionError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Handles one whole message and sends its reply.
+    fn handle_message(&mut self, msg: Message) -> Result<(), SessionError> {
+        self.activity.message(msg.request, Instant::now());
         let request = msg.request;
         let need_reply = msg.need_reply();
         let name = FrontendReq::try_from(request)

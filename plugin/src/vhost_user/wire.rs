@@ -7,11 +7,16 @@
 //! - a payload is at most [`MAX_PAYLOAD`] bytes; a larger size is a framing error (the stream can no
 //!   longer be trusted, so the frontend connection is dropped).
 //! - at most [`MAX_FDS`] descriptors travel with one message; more (control data truncated) is an error.
-//! - a message must arrive whole within the socket's receive timeout; a frontend that stalls in the
-//!   middle of a message is dropped rather than allowed to block the device thread.
+//! - a frontend's message is assembled without blocking ([`super::reader::MessageReader`]) and must
+//!   arrive whole within a deadline counted from its first byte; [`recv_message`] (blocking) is for
+//!   peers that only answer us and for tests.
+//! - every message is sent with `sendmsg` (`MSG_NOSIGNAL`): a closed peer is an error, never SIGPIPE.
+//!   Replies to a frontend, and backend-channel requests, are sent with `MSG_DONTWAIT` too: a
+//!   frontend that lets them pile up until the socket buffer is full is not reading them, and is
+//!   dropped rather than waited for. No socket timeouts (`SO_RCVTIMEO`/`SO_SNDTIMEO`) are used.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
@@ -70,7 +75,7 @@ pub fn recv_reply(sock: &UnixStream) -> Result<Message, WireError> {
 
 fn recv(sock: &UnixStream, reply: bool) -> Result<Message, WireError> {
     let mut header = [0u8; HEADER_SIZE];
-    let (n, fds) = recv_with_fds(sock, &mut header)?;
+    let (n, fds) = recv_with_fds(sock, &mut header, 0)?;
     if n == 0 {
         return Err(WireError::Closed);
     }
@@ -78,6 +83,32 @@ fn recv(sock: &UnixStream, reply: bool) -> Result<Message, WireError> {
     if n < HEADER_SIZE {
         read_exact_or_closed(&mut reader, &mut header[n..])?;
     }
+    let Header {
+        request,
+        flags,
+        size,
+    } = parse_header(&header, reply)?;
+    let mut payload = vec![0u8; size];
+    read_exact_or_closed(&mut reader, &mut payload)?;
+    Ok(Message {
+        request,
+        flags,
+        payload,
+        fds,
+    })
+}
+
+/// A checked message header.
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub request: u32,
+    pub flags: u32,
+    /// Payload length, at most [`MAX_PAYLOAD`].
+    pub size: usize,
+}
+
+/// Checks the 12 header bytes of a request (`reply == false`) or a reply (`reply == true`).
+pub fn parse_header(header: &[u8; HEADER_SIZE], reply: bool) -> Result<Header, WireError> {
     let word =
         |i: usize| u32::from_ne_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     let (request, flags, size) = (word(0), word(4), word(8));
@@ -88,13 +119,10 @@ fn recv(sock: &UnixStream, reply: bool) -> Result<Message, WireError> {
     if size as usize > MAX_PAYLOAD {
         return Err(WireError::TooBig(size));
     }
-    let mut payload = vec![0u8; size as usize];
-    read_exact_or_closed(&mut reader, &mut payload)?;
-    Ok(Message {
+    Ok(Header {
         request,
         flags,
-        payload,
-        fds,
+        size: size as usize,
     })
 }
 
@@ -105,12 +133,29 @@ fn read_exact_or_closed(reader: &mut &UnixStream, buf: &mut [u8]) -> Result<(), 
     })
 }
 
-/// Sends a reply (flags: version 1 | REPLY) for `request` with `payload`.
+/// Sends a reply (flags: version 1 | REPLY) for `request` with `payload` to a frontend, without
+/// waiting for room in the socket buffer (a full buffer is an error: see the module rules).
 pub fn send_reply(sock: &UnixStream, request: u32, payload: &[u8]) -> io::Result<()> {
-    send_message(sock, request, FLAG_VERSION_1 | FLAG_REPLY, payload, &[])
+    send_message_nowait(sock, request, FLAG_VERSION_1 | FLAG_REPLY, payload)
 }
 
-/// Sends one message with optional fds in a single `sendmsg` (header + payload).
+/// Sends one message without fds and without waiting for room in the socket buffer: a full
+/// buffer is `WouldBlock` (the peer is not reading).
+pub fn send_message_nowait(
+    sock: &UnixStream,
+    request: u32,
+    flags: u32,
+    payload: &[u8],
+) -> io::Result<()> {
+    sendmsg_all(
+        sock,
+        &frame(request, flags, payload),
+        &[],
+        libc::MSG_DONTWAIT,
+    )
+}
+
+/// Sends one message with optional fds (blocking until the socket takes it all).
 pub fn send_message(
     sock: &UnixStream,
     request: u32,
@@ -118,36 +163,69 @@ pub fn send_message(
     payload: &[u8],
     fds: &[RawFd],
 ) -> io::Result<()> {
+    sendmsg_all(sock, &frame(request, flags, payload), fds, 0)
+}
+
+/// Header + payload in one buffer.
+fn frame(request: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_SIZE + payload.len());
     buf.extend_from_slice(&request.to_ne_bytes());
     buf.extend_from_slice(&flags.to_ne_bytes());
     buf.extend_from_slice(&(payload.len() as u32).to_ne_bytes());
     buf.extend_from_slice(payload);
-    if fds.is_empty() {
-        return (&*sock).write_all(&buf);
-    }
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    let fd_bytes = std::mem::size_of_val(fds);
-    let mut control = control_buffer(fd_bytes);
-    let msg = msghdr(&mut iov, &mut control);
-    // SAFETY: control has room for one cmsghdr carrying `fds` (CMSG_SPACE above).
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr() as *const u8, libc::CMSG_DATA(cmsg), fd_bytes);
-    }
-    // SAFETY: msg is fully initialised above.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if (n as usize) < buf.len() {
-        (&*sock).write_all(&buf[n as usize..])?;
+    buf
+}
+
+/// Writes all of `buf` with `sendmsg` (`MSG_NOSIGNAL | extra_flags`), the fds riding on the first
+/// call. With `MSG_DONTWAIT` a full socket buffer is `WouldBlock`, also after a partial write.
+fn sendmsg_all(sock: &UnixStream, buf: &[u8], fds: &[RawFd], extra_flags: i32) -> io::Result<()> {
+    let mut sent = 0;
+    let mut fds = fds;
+    while sent < buf.len() {
+        let rest = &buf[sent..];
+        let mut iov = libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        let fd_bytes = std::mem::size_of_val(fds);
+        let mut control = if fds.is_empty() {
+            Vec::new()
+        } else {
+            control_buffer(fd_bytes)
+        };
+        let mut msg = msghdr(&mut iov, &mut control);
+        if fds.is_empty() {
+            msg.msg_control = std::ptr::null_mut();
+            msg.msg_controllen = 0;
+        } else {
+            // SAFETY: control has room for one cmsghdr carrying `fds` (CMSG_SPACE above).
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+                std::ptr::copy_nonoverlapping(
+                    fds.as_ptr() as *const u8,
+                    libc::CMSG_DATA(cmsg),
+                    fd_bytes,
+                );
+            }
+        }
+        // SAFETY: msg describes `rest` (iov) and `control`, both alive for the call; sendmsg only
+        // reads them.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | extra_flags) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        sent += n as usize;
+        fds = &[];
     }
     Ok(())
 }
@@ -169,8 +247,13 @@ fn msghdr(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
     msg
 }
 
-/// `recvmsg` into `buf`, collecting any SCM_RIGHTS fds (owned, close-on-exec).
-fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> Result<(usize, Vec<File>), WireError> {
+/// `recvmsg` into `buf` (with `MSG_CMSG_CLOEXEC | extra_flags`), collecting any SCM_RIGHTS fds
+/// (owned, close-on-exec).
+pub fn recv_with_fds(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    extra_flags: i32,
+) -> Result<(usize, Vec<File>), WireError> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
@@ -179,7 +262,13 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> Result<(usize, Vec<File>)
     let mut msg = msghdr(&mut iov, &mut control);
     let n = loop {
         // SAFETY: msg describes valid buffers.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe {
+            libc::recvmsg(
+                sock.as_raw_fd(),
+                &mut msg,
+                libc::MSG_CMSG_CLOEXEC | extra_flags,
+            )
+        };
         if n >= 0 {
             break n as usize;
         }
@@ -213,6 +302,30 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> Result<(usize, Vec<File>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    /// A frontend that never reads its replies fills its socket buffer; the next reply is an
+    /// error at once (the device thread is never parked on it), and what was sent arrives whole.
+    #[test]
+    fn reply_to_a_frontend_not_reading_fails_instead_of_blocking() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let payload = [0x5au8; 1000];
+        let mut sent = 0usize;
+        let err = loop {
+            match send_reply(&a, 24, &payload) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 100_000, "the socket buffer never filled");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let first = recv_reply(&b).unwrap();
+        assert_eq!(
+            (first.request, first.flags),
+            (24, FLAG_VERSION_1 | FLAG_REPLY)
+        );
+        assert_eq!(first.payload, payload);
+    }
 
     #[test]
     fn round_trip_with_fds_and_rejects_bad_flags() {

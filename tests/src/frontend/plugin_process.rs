@@ -158,6 +158,18 @@ impl PluginProcess {
         vms: Vec<VmPaths>,
         inherit: Option<RawFd>,
     ) -> io::Result<Self> {
+        Self::spawn_with_env(dir, args, vms, inherit, &[])
+    }
+
+    /// As [`Self::spawn_inheriting`], with extra environment variables. `NOTIFY_SOCKET` is never
+    /// inherited from the test's own environment (only set through `env`).
+    pub fn spawn_with_env(
+        dir: TempDir,
+        args: Vec<String>,
+        vms: Vec<VmPaths>,
+        inherit: Option<RawFd>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> io::Result<Self> {
         let stderr_path = dir.join("stderr.log");
         let stderr = File::create(&stderr_path)?;
         let mut cmd = Command::new(plugin_binary());
@@ -166,6 +178,8 @@ impl PluginProcess {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
             )
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -363,6 +377,7 @@ pub fn run_plugin_to_exit(args: &[&str], timeout: Duration) -> (Option<ExitStatu
     let err_path = dir.join("stderr.log");
     let mut child = Command::new(plugin_binary())
         .args(args)
+        .env_remove("NOTIFY_SOCKET")
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
