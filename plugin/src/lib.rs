@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod host;
 pub mod iotlb;
+pub mod log_limit;
 pub mod vhost_user;
 pub mod virtqueue;
 pub mod vsock;
@@ -47,6 +48,10 @@ pub enum StartError {
         what: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(#[from] config::namespace::NamespaceError),
+    #[error("control plane: {0}")]
+    Control(String),
 }
 
 /// Process-wide options (not per VM).
@@ -73,6 +78,7 @@ impl Plugin {
     }
 
     pub fn start_with(configs: Vec<VmConfig>, opts: &ProcessOptions) -> Result<Plugin, StartError> {
+        config::namespace::check(&configs, opts.control.as_deref())?;
         let router = Arc::new(SiblingRouter::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut prepared = Vec::new();
@@ -154,11 +160,7 @@ impl Plugin {
         opts: &ProcessOptions,
         prepared: &mut [(u64, Arc<EventFd>, VmWorker)],
     ) -> Result<(control::Control, vsock_plugin_ipc::platform::ServerHandle), StartError> {
-        let fail = |what: String| StartError::Io {
-            cid: 0,
-            what,
-            source: std::io::Error::other("control plane"),
-        };
+        let fail = StartError::Control;
         let parsed = vsock_plugin_ipc::platform::ControlUri::parse(uri)
             .map_err(|e| fail(format!("--control {uri}: {e}")))?;
         let vms: Vec<_> = prepared

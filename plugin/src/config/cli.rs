@@ -97,6 +97,8 @@ pub enum CliError {
     NoVm,
     #[error("{0}")]
     BadProcessOption(String),
+    #[error("{0}")]
+    Namespace(#[from] super::namespace::NamespaceError),
     #[error("--config: {0}")]
     ConfigFile(super::file::FileError),
     #[error("--config cannot be combined with {0}")]
@@ -323,6 +325,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         })?;
     }
     check_distinct(&vms)?;
+    super::namespace::check(&vms, process.control.as_deref())?;
     Ok(Command::Run(vms, process))
 }
 

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod file;
 pub mod keyvalue;
+pub mod namespace;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};

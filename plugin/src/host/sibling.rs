@@ -4,8 +4,9 @@
 //! sibling traffic: packets are relayed whole from one guest's tx queue to the other's rx queue
 //! and the two guest stacks run the protocol (and its credit flow control) end to end.
 //!
-//! Each VM has a bounded inbox. When it is full the sender's tx queue stops (the packet stays in
-//! the ring, nothing is dropped) and the sender is woken when the receiver drains its inbox.
+//! Each VM has a bounded inbox. When it is full the packet goes back to the sender's device,
+//! which parks it (per destination, bounded) and goes on with its other traffic; the sender is
+//! woken when the receiver drains its inbox (see `vsock::device::sibling_out`).
 //! A packet for a CID outside every shared group, or for a VM whose device is not running, gets
 //! an RST from the sender's own device.
 
@@ -38,8 +39,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub enum Delivery {
     Delivered,
-    /// The receiver's inbox is full: retry after a wake-up.
-    Full,
+    /// The receiver's inbox is full: the packet is handed back; the sender is woken when room
+    /// appears.
+    Full(Vec<u8>),
     /// No such VM in a shared group, or its device is not running.
     Unreachable,
 }
@@ -110,7 +112,7 @@ impl SiblingRouter {
         let mut inbox = lock(&dst.inbox);
         if inbox.len() >= INBOX_CAPACITY {
             lock(&dst.waiters).push(from.wake.clone());
-            return Delivery::Full;
+            return Delivery::Full(packet);
         }
         inbox.push_back(packet);
         drop(inbox);

@@ -52,6 +52,30 @@ pub fn connect(path: &Path, sock_type: libc::c_int) -> io::Result<Connect> {
     }
 }
 
+/// Whether the listening end of connected socket `sock` was created by this very process: the
+/// plugin never relays a guest into one of its own sockets (its control plane, another VM's
+/// vhost-user or hybrid socket), whatever path led there (a symlink, a late bind). Linux records
+/// the listener's credentials at `listen()` and reports them to the connecting side.
+pub fn peer_is_this_process(sock: &impl std::os::fd::AsRawFd) -> io::Result<bool> {
+    // SAFETY: ucred is plain data.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.pid == std::process::id() as libc::pid_t)
+}
+
 /// The socket type of a connected or listening socket.
 pub fn socket_type(fd: &impl std::os::fd::AsRawFd) -> io::Result<libc::c_int> {
     let mut ty: libc::c_int = 0;
