@@ -44,6 +44,7 @@ use crate::virtqueue::chain::ChainBuffers;
 use crate::virtqueue::vring::Vring;
 use crate::worker::token;
 
+mod drain;
 mod host_events;
 mod rx;
 mod sibling_out;
