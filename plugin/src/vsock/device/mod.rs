@@ -413,7 +413,9 @@ impl VsockDevice {
     fn reset_conn_because(&mut self, slot: u32, reason: &str) {
         if let Some(conn) = self.remove_conn(slot, reason) {
             let ends = self.ends(conn.key);
-            if self.unqueue_request(ends) {
+            let request_may_wait =
+                conn.host_initiated && matches!(conn.state, State::LocalInit { .. });
+            if request_may_wait && self.unqueue_request(ends) {
                 // The guest never saw this connection: nothing to reset, and no stale REQUEST
                 // piles up while the guest posts no rx buffers.
                 return;

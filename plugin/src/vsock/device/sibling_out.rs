@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use super::*;
 
 /// Packets parked per destination VM.
-pub const MAX_PARKED_PACKETS: usize = 512;
+pub const MAX_PARKED_PACKETS: usize = 2048;
 /// Payload bytes parked per destination VM.
 pub const MAX_PARKED_BYTES: usize = 8 << 20;
 
