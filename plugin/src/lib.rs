@@ -171,6 +171,7 @@ impl Plugin {
                 if let Some(path) = config::namespace::control_socket_path(uri) {
                     use std::os::unix::fs::PermissionsExt;
                     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+                    host::unix::register_own_socket(&path);
                     created.push((path.clone(), inode_of(&path)));
                 }
                 Some(c)

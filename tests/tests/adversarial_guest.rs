@@ -86,13 +86,18 @@ fn rst_for_a_bad_packet_ends_the_connection_on_both_sides() {
 /// nothing, the control plane gets no connection from the guest.
 #[test]
 fn a_guest_cannot_reach_the_plugins_own_sockets() {
-    let p = PluginProcess::multi(&[(3, "groups=a"), (4, "groups=b")]).unwrap();
+    let p = PluginProcess::multi(&[(3, "groups=a"), (4, "groups=b"), (5, "groups=c")]).unwrap();
     let mut a = Vm::start(&p.vms[0].socket, VmOptions::qemu().cid(3)).unwrap();
     let mut b = Vm::start(&p.vms[1].socket, VmOptions::crosvm().cid(4)).unwrap();
     b.driver.listen(5000);
     let targets = [
         ("VM 4's hybrid socket", p.vms[1].uds.clone(), 7000u32),
         ("VM 4's vhost-user socket", p.vms[1].socket.clone(), 7001),
+        (
+            "VM 5's vhost-user socket (no frontend yet)",
+            p.vms[2].socket.clone(),
+            7002,
+        ),
     ];
     for (what, target, port) in &targets {
         std::os::unix::fs::symlink(target, p.vms[0].port_path(*port)).unwrap();
@@ -110,7 +115,15 @@ fn a_guest_cannot_reach_the_plugins_own_sockets() {
             "guest connect to {what} was not refused: {r:?}"
         );
     }
-    // VM 4's frontend slot is untouched: its guest still works.
+    // The listeners never saw the attempts: VM 5's free frontend slot was not taken, even for a
+    // moment, and VM 4's guest still works.
+    let log = p.stderr_tail(1 << 20);
+    assert!(
+        !log.contains("[cid 5] frontend connected"),
+        "a guest connection reached VM 5's frontend slot:\n{log}"
+    );
+    let mut c = Vm::start(&p.vms[2].socket, VmOptions::qemu().cid(5)).unwrap();
+    canary(&mut c, &p.vms[2], 7102);
     canary(&mut b, &p.vms[1], 7100);
     canary(&mut a, &p.vms[0], 7101);
     assert_logged(&p, "one of the plugin's own sockets");

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// `<uds-path>_<port>`: where a guest connection to host port `port` goes.
 pub fn port_path(uds: &Path, port: u32) -> PathBuf {
@@ -50,6 +51,37 @@ pub fn connect(path: &Path, sock_type: libc::c_int) -> io::Result<Connect> {
         // A non-blocking AF_UNIX connect completes or fails at once; EINPROGRESS does not occur.
         _ => Err(err),
     }
+}
+
+/// (device, inode) of every socket file this process listens on.
+static OWN_SOCKETS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    // Follows symlinks, as connect(2) does.
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Records `path` as one of this process's listening sockets (see [`is_own_socket`]).
+pub fn register_own_socket(path: &Path) {
+    if let Some(id) = file_id(path) {
+        OWN_SOCKETS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id);
+    }
+}
+
+/// Whether `path` (after symlinks) is a socket file this process listens on: checked before a
+/// guest connection is relayed there, so the listener never even sees the attempt. The check
+/// after connecting ([`peer_is_this_process`]) covers what changes in between.
+pub fn is_own_socket(path: &Path) -> bool {
+    file_id(path).is_some_and(|id| {
+        OWN_SOCKETS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    })
 }
 
 /// Whether the listening end of connected socket `sock` was created by this very process: the
@@ -150,6 +182,7 @@ pub fn bind_listener(path: &Path, mode: u32) -> io::Result<UnixListener> {
     }
     let listener = UnixListener::from(owned);
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    register_own_socket(path);
     // SAFETY: listen on our own bound socket.
     if unsafe { libc::listen(listener.as_raw_fd(), libc::SOMAXCONN) } < 0 {
         return Err(io::Error::last_os_error());

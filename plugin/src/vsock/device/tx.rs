@@ -311,17 +311,16 @@ impl VsockDevice {
         } else {
             libc::SOCK_STREAM
         };
+        if unix::is_own_socket(&path) {
+            self.refuse_own_socket(slot, &path);
+            return;
+        }
         match unix::connect(&path, sock_type) {
             Ok(Connect::Connected(sock)) => {
                 if !unix::peer_is_this_process(&sock).is_ok_and(|own| !own) {
                     // A confused deputy otherwise: the guest would speak to the control plane
                     // or another VM's sockets with the plugin's own identity.
-                    crate::log_limited!(
-                        Warn,
-                        "guest connect to {} refused: it is one of the plugin's own sockets",
-                        path.display()
-                    );
-                    self.reset_conn_because(slot, "target is one of the plugin's own sockets");
+                    self.refuse_own_socket(slot, &path);
                     return;
                 }
                 if !self.watch_host(ep, &sock, slot, ControlOperation::Add) {
@@ -344,6 +343,17 @@ impl VsockDevice {
                 self.reset_conn(slot);
             }
         }
+    }
+
+    /// A guest connection that would reach one of the plugin's own sockets (its control plane,
+    /// another VM's sockets) is reset: the plugin never acts as a deputy for the guest there.
+    fn refuse_own_socket(&mut self, slot: u32, path: &std::path::Path) {
+        crate::log_limited!(
+            Warn,
+            "guest connect to {} refused: it is one of the plugin's own sockets",
+            path.display()
+        );
+        self.reset_conn_because(slot, "target is one of the plugin's own sockets");
     }
 
     pub(super) fn guest_accepted(&mut self, slot: u32) {
