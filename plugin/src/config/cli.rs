@@ -732,6 +732,40 @@ mod tests {
     }
 
     #[test]
+    fn vm_count_cap_and_socket_group_access() {
+        let specs: Vec<String> = (0..=crate::config::MAX_VMS as u64)
+            .flat_map(|k| {
+                [
+                    "--vm".to_string(),
+                    format!("guest-cid={},socket=/s{k},uds-path=/u{k}", k + 3),
+                ]
+            })
+            .collect();
+        let refs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        assert_eq!(
+            err(&refs),
+            "513 VMs configured: one process serves at most 512"
+        );
+        // 512 distinct VMs are fine (checked in linear time).
+        assert_eq!(run(&refs[..refs.len() - 2]).len(), 512);
+        let Ok(Command::Run(_, opts)) = parse_args(args(&[
+            "--socket",
+            "/v",
+            "--uds-path",
+            "/u",
+            "--socket-group-access",
+        ])) else {
+            panic!("--socket-group-access refused");
+        };
+        assert_eq!(opts.socket_mode(), 0o660);
+        assert_eq!(crate::ProcessOptions::default().socket_mode(), 0o600);
+        assert_eq!(
+            err(&["--socket-group-access=yes"]),
+            "option --socket-group-access takes no value"
+        );
+    }
+
+    #[test]
     fn duplicates_across_vms() {
         assert_eq!(
             err(&[
