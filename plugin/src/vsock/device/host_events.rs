@@ -9,14 +9,16 @@ impl VsockDevice {
     ///
     /// At most [`MAX_PENDING_CLIENTS`] clients may be waiting for their CONNECT line: a newcomer
     /// beyond that closes the oldest waiting one (an idle client costs its own kind, never the
-    /// fds of the process). When the process is out of fds (`EMFILE`/`ENFILE`) the listener
-    /// leaves the epoll set for [`ACCEPT_RETRY`] (a level-triggered listener would fire again at
-    /// once: a spin) and new clients wait in the kernel's backlog meanwhile.
+    /// fds of the process). When `accept` fails for want of a resource (`EMFILE`, `ENFILE`,
+    /// `ENOMEM`...) the listener leaves the epoll set for [`ACCEPT_RETRY`] (a level-triggered
+    /// listener would fire again at once: a spin) and new clients wait in the kernel's backlog.
     pub fn accept_clients(&mut self, ep: &Epoll) {
         if self.accept_paused_until.is_some() {
             return;
         }
-        loop {
+        // A bounded batch: the listener is level-triggered, so the rest waits for the next round
+        // of the event loop and a connect flood cannot starve the VM's data path.
+        for _ in 0..ACCEPT_BATCH {
             match self.hybrid.accept() {
                 Ok((sock, _)) => {
                     if sock.set_nonblocking(true).is_err() {
@@ -26,6 +28,19 @@ impl VsockDevice {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
+                    ) =>
+                {
+                    // That one client's problem (it left before we took it): next one.
+                    crate::log_limited!(
+                        Info,
+                        "accept on {} failed: {e}",
+                        self.cfg.uds_path.display()
+                    );
+                }
                 Err(e) => {
                     crate::log_limited!(
                         Warn,

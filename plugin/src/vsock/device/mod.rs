@@ -72,6 +72,8 @@ const MAX_HELD_CHAINS: usize = 1024;
 /// Host clients on `<uds-path>` waiting for their CONNECT line, per VM; a newcomer beyond this
 /// closes the oldest.
 pub const MAX_PENDING_CLIENTS: usize = 128;
+/// Host clients accepted per readiness event of the hybrid listener.
+const ACCEPT_BATCH: usize = 64;
 /// How long the hybrid listener rests after `accept` failed (out of fds).
 const ACCEPT_RETRY: Duration = Duration::from_millis(250);
 /// Event id of VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
