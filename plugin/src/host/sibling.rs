@@ -111,12 +111,47 @@ impl SiblingRouter {
         }
         let mut inbox = lock(&dst.inbox);
         if inbox.len() >= INBOX_CAPACITY {
-            lock(&dst.waiters).push(from.wake.clone());
+            // Once per sender: a sender retries its parked packets on every pass.
+            let mut waiters = lock(&dst.waiters);
+            if !waiters.iter().any(|w| Arc::ptr_eq(w, &from.wake)) {
+                waiters.push(from.wake.clone());
+            }
             return Delivery::Full(packet);
         }
         inbox.push_back(packet);
         drop(inbox);
         let _ = dst.wake.write(1);
         Delivery::Delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender retrying a full inbox is registered once, however often it retries.
+    #[test]
+    fn full_inbox_registers_each_sender_once() {
+        let router = SiblingRouter::default();
+        let wake = || Arc::new(EventFd::new(0).unwrap());
+        let a = router.register(3, vec!["g".into()], wake());
+        let b = router.register(4, vec!["g".into()], wake());
+        b.set_running(true);
+        for _ in 0..INBOX_CAPACITY {
+            assert!(matches!(
+                router.deliver(&a, 4, vec![0; 44]),
+                Delivery::Delivered
+            ));
+        }
+        for _ in 0..1000 {
+            assert!(matches!(
+                router.deliver(&a, 4, vec![1; 44]),
+                Delivery::Full(p) if p == vec![1; 44]
+            ));
+        }
+        assert_eq!(lock(&b.waiters).len(), 1);
+        assert!(b.pop().is_some());
+        assert_eq!(lock(&b.waiters).len(), 0);
+        assert_eq!(a.wake.read().unwrap(), 1);
     }
 }
