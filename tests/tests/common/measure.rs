@@ -58,3 +58,16 @@ pub fn limit_fds(pid: u32, n: u64) {
     };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
+
+/// Raises this (test) process's soft open-file limit to its hard limit, for tests that hold
+/// hundreds of client sockets.
+pub fn raise_own_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
