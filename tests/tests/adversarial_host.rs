@@ -254,3 +254,56 @@ fn a_connect_flood_does_not_starve_the_data_path() {
         data.len()
     );
 }
+
+/// Item 1: while idle clients keep the pending set full (so newcomers close the oldest), a
+/// client that sends its CONNECT line at once still gets through every time.
+#[test]
+fn a_client_that_sends_its_line_is_served_during_an_idle_flood() {
+    raise_own_fd_limit();
+    let p = plugin(&["--connect-line-timeout-ms", "60000"]);
+    let mut vm = qemu_vm(&p);
+    vm.driver.listen(8100);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooders: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            let uds = p.vm().uds.clone();
+            std::thread::spawn(move || {
+                let mut held = std::collections::VecDeque::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(s) = UnixStream::connect(&uds) {
+                        held.push_back(s);
+                    }
+                    if held.len() > 300 {
+                        held.pop_front();
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(ms(200));
+    let mut served = 0;
+    let rounds = 20;
+    for _ in 0..rounds {
+        let Ok(mut s) = hybrid_connect_raw(&p.vm().uds, &[b"connect 8100\n"]) else {
+            continue;
+        };
+        if let Some(req) = vm.driver.wait_request(8100, secs(5)).unwrap() {
+            let id = vm.driver.accept_request(&req).unwrap();
+            if read_line(&mut s, secs(5)).is_ok_and(|l| l == "OK 8100\n") {
+                served += 1;
+            }
+            vm.driver.reset(id).unwrap();
+            vm.driver.conns.remove(&id);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    eprintln!("measured: {served} of {rounds} line-sending clients served during an idle flood");
+    assert_eq!(
+        served, rounds,
+        "line-sending clients were closed during the flood"
+    );
+}
