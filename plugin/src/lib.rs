@@ -53,6 +53,8 @@ pub enum StartError {
     Config(#[from] config::namespace::NamespaceError),
     #[error("control plane: {0}")]
     Control(String),
+    #[error("cannot start a worker thread: {0}")]
+    Spawn(std::io::Error),
 }
 
 /// Process-wide options (not per VM).
@@ -192,11 +194,7 @@ impl Plugin {
                         let _ = wake.write(1);
                         let _ = h.join();
                     }
-                    return Err(StartError::Io {
-                        cid: 0,
-                        what: "spawning a worker thread".into(),
-                        source: e,
-                    });
+                    return Err(StartError::Spawn(e));
                 }
             }
         }
