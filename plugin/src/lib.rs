@@ -18,6 +18,7 @@ pub mod control;
 pub mod host;
 pub mod iotlb;
 pub mod readiness;
+pub mod log_limit;
 pub mod vhost_user;
 pub mod virtqueue;
 pub mod vsock;
@@ -26,7 +27,8 @@ pub mod worker;
 #[cfg(test)]
 mod testing;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -48,6 +50,12 @@ pub enum StartError {
         what: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(#[from] config::namespace::NamespaceError),
+    #[error("control plane: {0}")]
+    Control(String),
+    #[error("cannot start a worker thread: {0}")]
+    Spawn(std::io::Error),
 }
 
 /// Process-wide options (not per VM).
@@ -59,12 +67,28 @@ pub struct ProcessOptions {
     pub control_allow_uids: Vec<u32>,
     /// `--ready-fd`: written to and closed once every socket listens ([`readiness`]).
     pub ready_fd: Option<i32>,
+    /// `--socket-group-access`: socket files are 0660 (the plugin's group may connect) instead
+    /// of 0600.
+    pub socket_group_access: bool,
+}
+
+impl ProcessOptions {
+    /// The mode of every socket file the plugin creates.
+    pub fn socket_mode(&self) -> u32 {
+        if self.socket_group_access {
+            host::unix::SOCKET_MODE_GROUP
+        } else {
+            host::unix::SOCKET_MODE_PRIVATE
+        }
+    }
 }
 
 /// The running plugin: one worker thread per VM.
 pub struct Plugin {
     workers: Vec<(Arc<EventFd>, JoinHandle<()>)>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<worker::Shutdown>,
+    /// Socket files this process created (path, inode), removed when it ends.
+    created: Vec<(PathBuf, u64)>,
     _control: Option<(control::Control, vsock_plugin_ipc::platform::ServerHandle)>,
 }
 
@@ -75,9 +99,26 @@ impl Plugin {
         Self::start_with(configs, &ProcessOptions::default())
     }
 
+    /// As [`Self::start`], with process-wide options. On failure, the socket files created so
+    /// far are removed again.
     pub fn start_with(configs: Vec<VmConfig>, opts: &ProcessOptions) -> Result<Plugin, StartError> {
+        let mut created = Vec::new();
+        let started = Self::start_recording(configs, opts, &mut created);
+        if started.is_err() {
+            remove_created(&created);
+        }
+        started
+    }
+
+    fn start_recording(
+        configs: Vec<VmConfig>,
+        opts: &ProcessOptions,
+        created: &mut Vec<(PathBuf, u64)>,
+    ) -> Result<Plugin, StartError> {
+        config::namespace::check(&configs, opts.control.as_deref())?;
+        let mode = opts.socket_mode();
         let router = Arc::new(SiblingRouter::default());
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(worker::Shutdown::default());
         let mut prepared = Vec::new();
         for cfg in &configs {
             let cid = cfg.guest_cid;
@@ -87,8 +128,12 @@ impl Plugin {
             };
             let listener = match (&cfg.socket, cfg.socket_fd) {
                 (_, Some(fd)) => FrontendListener::from_fd(fd).map_err(io("socket-fd"))?,
-                (Some(path), None) => FrontendListener::bind(path)
-                    .map_err(io(&format!("vhost-user socket {}", path.display())))?,
+                (Some(path), None) => {
+                    let l = FrontendListener::bind(path, mode)
+                        .map_err(io(&format!("vhost-user socket {}", path.display())))?;
+                    created.push((path.clone(), inode_of(path)));
+                    l
+                }
                 (None, None) => {
                     return Err(StartError::Io {
                         cid,
@@ -97,8 +142,9 @@ impl Plugin {
                     })
                 }
             };
-            let hybrid = host::unix::bind_listener(&cfg.uds_path)
+            let hybrid = host::unix::bind_listener(&cfg.uds_path, mode)
                 .map_err(io(&format!("uds-path {}", cfg.uds_path.display())))?;
+            created.push((cfg.uds_path.clone(), inode_of(&cfg.uds_path)));
             let wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io("eventfd"))?);
             let sibling = router.register(cid, cfg.groups.clone(), wake.clone());
             let device = VsockDevice::new(device_config(cfg), hybrid, router.clone(), sibling);
@@ -125,7 +171,16 @@ impl Plugin {
             prepared.push((cid, wake, worker));
         }
         let control = match &opts.control {
-            Some(uri) => Some(Self::attach_control(uri, opts, &mut prepared)?),
+            Some(uri) => {
+                let c = Self::attach_control(uri, opts, &mut prepared)?;
+                if let Some(path) = config::namespace::control_socket_path(uri) {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+                    host::unix::register_own_socket(&path);
+                    created.push((path.clone(), inode_of(&path)));
+                }
+                Some(c)
+            }
             None => None,
         };
         let mut workers = Vec::new();
@@ -136,17 +191,20 @@ impl Plugin {
             match handle {
                 Ok(h) => workers.push((wake, h)),
                 Err(e) => {
-                    return Err(StartError::Io {
-                        cid: 0,
-                        what: "spawning a worker thread".into(),
-                        source: e,
-                    });
+                    // End the workers already running before giving up.
+                    stop.stop.store(true, Ordering::Release);
+                    for (wake, h) in workers {
+                        let _ = wake.write(1);
+                        let _ = h.join();
+                    }
+                    return Err(StartError::Spawn(e));
                 }
             }
         }
         Ok(Plugin {
             workers,
             stop,
+            created: std::mem::take(created),
             _control: control,
         })
     }
@@ -157,11 +215,7 @@ impl Plugin {
         opts: &ProcessOptions,
         prepared: &mut [(u64, Arc<EventFd>, VmWorker)],
     ) -> Result<(control::Control, vsock_plugin_ipc::platform::ServerHandle), StartError> {
-        let fail = |what: String| StartError::Io {
-            cid: 0,
-            what,
-            source: std::io::Error::other("control plane"),
-        };
+        let fail = StartError::Control;
         let parsed = vsock_plugin_ipc::platform::ControlUri::parse(uri)
             .map_err(|e| fail(format!("--control {uri}: {e}")))?;
         let vms: Vec<_> = prepared
@@ -188,23 +242,64 @@ impl Plugin {
         Ok((ctl, server))
     }
 
-    /// Waits until every worker has ended.
-    pub fn wait(self) {
-        for (_, h) in self.workers {
+    /// Waits until every worker has ended, then removes the socket files this process created.
+    pub fn wait(mut self) {
+        for (_, h) in self.workers.drain(..) {
             let _ = h.join();
         }
+        remove_created(&self.created);
+        self.created.clear();
     }
 
     /// Stops every worker and waits for them.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.stop.store(true, Ordering::Release);
         for (wake, _) in &self.workers {
             let _ = wake.write(1);
         }
-        for (_, h) in self.workers {
-            let _ = h.join();
+        self.wait();
+    }
+
+    /// A handle that asks the workers to drain and end (from a signal-handling thread).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shutdown: self.stop.clone(),
+            wakes: self.workers.iter().map(|(w, _)| w.clone()).collect(),
         }
     }
+}
+
+/// Asks a running [`Plugin`] to stop gracefully: stop accepting, write out what the devices
+/// buffered (within each VM's shutdown timeout), close, end the workers.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    shutdown: Arc<worker::Shutdown>,
+    wakes: Vec<Arc<EventFd>>,
+}
+
+impl ShutdownHandle {
+    pub fn drain(&self) {
+        self.shutdown.drain.store(true, Ordering::Release);
+        for w in &self.wakes {
+            let _ = w.write(1);
+        }
+    }
+}
+
+/// Removes socket files this process bound, if they are still the same files.
+fn remove_created(created: &[(PathBuf, u64)]) {
+    use std::os::unix::fs::MetadataExt;
+    for (path, ino) in created {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *ino) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The inode of a socket file just bound (to remove exactly that file later).
+fn inode_of(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).map_or(0, |m| m.ino())
 }
 
 fn device_config(cfg: &VmConfig) -> DeviceConfig {

@@ -96,16 +96,76 @@ fn main() -> ExitCode {
             c.uds_path.display()
         );
     }
+    raise_fd_limit();
+    // Blocked here, so every thread the plugin starts inherits the mask and only the signal
+    // thread below takes SIGTERM/SIGINT.
+    let signals = match block_stop_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vsock-plugin: cannot block SIGTERM/SIGINT: {e}");
+            return ExitCode::from(1);
+        }
+    };
     match Plugin::start_with(configs, &process) {
         Ok(plugin) => {
             // Every vhost-user, hybrid and control socket listens now.
             readiness.signal();
+            let handle = plugin.shutdown_handle();
+            let waiter = std::thread::Builder::new()
+                .name("vsock-signals".into())
+                .spawn(move || {
+                    if let Some(sig) = wait_for_signal(&signals) {
+                        log::info!("signal {sig}: stopping (draining buffered bytes)");
+                        handle.drain();
+                    }
+                });
+            if let Err(e) = waiter {
+                log::warn!("no signal thread ({e}): SIGTERM/SIGINT will not drain");
+            }
             plugin.wait();
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("vsock-plugin: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and so in threads it starts later).
+fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset; the calls only touch it and the
+    // calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(set)
+    }
+}
+
+/// Waits for one of the blocked signals; None if waiting failed.
+fn wait_for_signal(set: &libc::sigset_t) -> Option<i32> {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: set is an initialised sigset_t; sig receives the signal number.
+    let rc = unsafe { libc::sigwait(set, &mut sig) };
+    (rc == 0).then_some(sig)
+}
+
+/// Raises the soft open-file limit to the hard one: each connection holds a host fd, and the
+/// defaults (max-connections 1024 per VM) exceed the usual soft limit of 1024.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }

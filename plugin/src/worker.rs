@@ -88,6 +88,16 @@ pub mod token {
 
 use token::Token;
 
+/// How the plugin asks its workers to end: `stop` ends the loop at once; `drain` first stops
+/// accepting and writes out what the device buffered (see `vsock::device::drain`).
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    pub stop: AtomicBool,
+    pub drain: AtomicBool,
+}
+
+/// How often a draining worker retries writing buffered bytes to host sockets.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// How often timeouts are checked while any are pending.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -106,7 +116,7 @@ pub struct VmWorker {
     session_config: SessionConfig,
     device: VsockDevice,
     wake: Arc<EventFd>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Shutdown>,
     kicks: [Option<RawFd>; NUM_QUEUES],
     /// The control plane's mailbox for this VM, when one is attached.
     control: Option<Arc<VmControl>>,
@@ -122,7 +132,7 @@ impl VmWorker {
         session_config: SessionConfig,
         device: VsockDevice,
         wake: Arc<EventFd>,
-        stop: Arc<AtomicBool>,
+        stop: Arc<Shutdown>,
     ) -> std::io::Result<VmWorker> {
         let epoll = Epoll::new()?;
         let add = |fd: RawFd, t: Token| {
@@ -219,7 +229,11 @@ impl VmWorker {
         // Timeouts are checked every TICK while any may be pending; an idle VM sleeps.
         let mut check_timers = false;
         let mut next_tick = Instant::now();
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.stop.stop.load(Ordering::Acquire) {
+            if self.stop.drain.load(Ordering::Acquire) {
+                self.drain();
+                return;
+            }
             let timeout = if check_timers {
                 wait_ms(next_tick.saturating_duration_since(Instant::now()))
             } else {
@@ -258,6 +272,28 @@ impl VmWorker {
                 return;
             }
         }
+    }
+
+    /// The process is stopping: no new frontends or host clients; guest bytes the device holds
+    /// go to their host sockets within the VM's shutdown timeout; then every connection closes.
+    fn drain(&mut self) {
+        self.device.stop_accepting(&self.epoll);
+        if let Some(lfd) = self.listener.listen_fd() {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, lfd, EpollEvent::default());
+        }
+        let deadline = Instant::now() + self.device.drain_timeout();
+        let mut left = self.device.flush_for_exit();
+        while left > 0 && Instant::now() < deadline {
+            std::thread::sleep(DRAIN_POLL);
+            left = self.device.flush_for_exit();
+        }
+        let (closed, lost) = self.device.close_for_exit();
+        log::info!(
+            "[{}] stopped: {closed} connection(s) closed, {lost} buffered guest byte(s) undelivered",
+            self.name
+        );
     }
 
     fn handle(&mut self, t: Token, events: EventSet) {

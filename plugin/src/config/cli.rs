@@ -3,6 +3,7 @@
 //! The single-VM flags are collected into a `key=value,...` string and parsed by the same
 //! [`from_key_values`] as `--vm`, so [`VmConfig`] is the one source of truth for keys and defaults.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::keyvalue::{from_key_values, KeyValueError};
@@ -72,6 +73,8 @@ Options (each also as `--option=VALUE`; as `--vm` keys, without the dashes):
     --control-allow-uid UID[+UID]   uids allowed to call the control plane (own uid always)
     --ready-fd FD                   write one byte to FD and close it once every socket listens
                                     (also: READY=1 to $NOTIFY_SOCKET when set, as systemd expects)
+    --socket-group-access           socket files the plugin creates are mode 0660 (its group
+                                    may connect) instead of 0600 (only its uid), any umask
     ctl COMMAND ...                 talk to a running plugin: caps, status, connections, metrics,
                                     routes, policy ... (as the first argument)
     -h, --help                      print this help
@@ -97,8 +100,12 @@ pub enum CliError {
     MixedForms(String),
     #[error("no VM configured: give --socket/--uds-path or --vm")]
     NoVm,
+    #[error("{0} VMs configured: one process serves at most {max}", max = super::MAX_VMS)]
+    TooManyVms(usize),
     #[error("{0}")]
     BadProcessOption(String),
+    #[error("{0}")]
+    Namespace(#[from] super::namespace::NamespaceError),
     #[error("--config: {0}")]
     ConfigFile(super::file::FileError),
     #[error("--config cannot be combined with {0}")]
@@ -227,6 +234,13 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
             }
             continue;
         }
+        if name == "socket-group-access" {
+            if inline.is_some() {
+                return Err(CliError::UnexpectedValue(option));
+            }
+            process.socket_group_access = true;
+            continue;
+        }
         if name == "control" || name == "control-allow-uid" {
             let Some(value) = inline.or_else(|| args.next()) else {
                 return Err(CliError::MissingValue(option));
@@ -262,6 +276,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
                 Some(v) => v,
                 None => return Err(CliError::MissingValue(option)),
             };
+            if vm_specs.len() >= super::MAX_VMS {
+                return Err(CliError::TooManyVms(vm_specs.len() + 1));
+            }
             vm_specs.push(value);
             continue;
         }
@@ -327,6 +344,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         vms.push(vm);
     }
 
+    if vms.len() > super::MAX_VMS {
+        return Err(CliError::TooManyVms(vms.len()));
+    }
     for (i, vm) in vms.iter_mut().enumerate() {
         normalize_socket_fd(vm);
         vm.validate().map_err(|source| CliError::Invalid {
@@ -339,6 +359,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         })?;
     }
     check_distinct(&vms)?;
+    super::namespace::check(&vms, process.control.as_deref())?;
     Ok(Command::Run(vms, process))
 }
 
@@ -379,58 +400,57 @@ fn inherited_fd(path: &Path) -> Option<i32> {
     n.parse::<i32>().ok()
 }
 
-/// Rejects VMs sharing a guest CID, a socket fd, or a socket / uds-path.
+/// Rejects VMs sharing a guest CID, a socket fd, or a socket / uds-path. Linear in the number
+/// of VMs (one map per kind of value).
 fn check_distinct(vms: &[VmConfig]) -> Result<(), CliError> {
+    let mut cids: HashMap<u64, usize> = HashMap::with_capacity(vms.len());
+    let mut fds: HashMap<i32, usize> = HashMap::new();
+    let mut paths: HashMap<&Path, (&'static str, usize)> = HashMap::with_capacity(2 * vms.len());
     for (j, b) in vms.iter().enumerate() {
-        for (i, a) in vms[..j].iter().enumerate() {
-            let (first, second) = (i + 1, j + 1);
-            if a.guest_cid == b.guest_cid {
-                return Err(CliError::DuplicateCid {
-                    cid: a.guest_cid,
-                    first,
-                    second,
-                });
+        let second = j + 1;
+        if let Some(&first) = cids.get(&b.guest_cid) {
+            return Err(CliError::DuplicateCid {
+                cid: b.guest_cid,
+                first,
+                second,
+            });
+        }
+        cids.insert(b.guest_cid, second);
+        if let Some(fd) = b.socket_fd {
+            if let Some(&first) = fds.get(&fd) {
+                return Err(CliError::DuplicateSocketFd { fd, first, second });
             }
-            if let (Some(fa), Some(fb)) = (a.socket_fd, b.socket_fd) {
-                if fa == fb {
-                    return Err(CliError::DuplicateSocketFd {
-                        fd: fa,
+            fds.insert(fd, second);
+        }
+        let own: Vec<(&'static str, &Path)> = b
+            .socket
+            .as_deref()
+            .map(|s| ("socket", s))
+            .into_iter()
+            .chain([("uds-path", b.uds_path.as_path())])
+            .collect();
+        for &(kb, pb) in &own {
+            if let Some(&(ka, first)) = paths.get(pb) {
+                return Err(if ka == kb {
+                    CliError::DuplicatePath {
+                        key: ka,
+                        path: pb.to_path_buf(),
                         first,
                         second,
-                    });
-                }
-            }
-            let paths = |vm: &VmConfig| {
-                let mut p: Vec<(&'static str, PathBuf)> = Vec::with_capacity(2);
-                if let Some(s) = &vm.socket {
-                    p.push(("socket", s.clone()));
-                }
-                p.push(("uds-path", vm.uds_path.clone()));
-                p
-            };
-            for (ka, pa) in paths(a) {
-                for (kb, pb) in paths(b) {
-                    if pa != pb {
-                        continue;
                     }
-                    return Err(if ka == kb {
-                        CliError::DuplicatePath {
-                            key: ka,
-                            path: pa,
-                            first,
-                            second,
-                        }
-                    } else {
-                        CliError::PathConflict {
-                            path: pa,
-                            first_key: ka,
-                            first,
-                            second_key: kb,
-                            second,
-                        }
-                    });
-                }
+                } else {
+                    CliError::PathConflict {
+                        path: pb.to_path_buf(),
+                        first_key: ka,
+                        first,
+                        second_key: kb,
+                        second,
+                    }
+                });
             }
+        }
+        for (kb, pb) in own {
+            paths.insert(pb, (kb, second));
         }
     }
     Ok(())
@@ -724,6 +744,40 @@ mod tests {
         assert_eq!(
             err(&["--socket", "/s", "--uds-path", "/u", "--ok-reply", "port"]),
             "invalid value \"port\" for --ok-reply: expected one of: guest-port, host-port"
+        );
+    }
+
+    #[test]
+    fn vm_count_cap_and_socket_group_access() {
+        let specs: Vec<String> = (0..=crate::config::MAX_VMS as u64)
+            .flat_map(|k| {
+                [
+                    "--vm".to_string(),
+                    format!("guest-cid={},socket=/s{k},uds-path=/u{k}", k + 3),
+                ]
+            })
+            .collect();
+        let refs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        assert_eq!(
+            err(&refs),
+            "513 VMs configured: one process serves at most 512"
+        );
+        // 512 distinct VMs are fine (checked in linear time).
+        assert_eq!(run(&refs[..refs.len() - 2]).len(), 512);
+        let Ok(Command::Run(_, opts)) = parse_args(args(&[
+            "--socket",
+            "/v",
+            "--uds-path",
+            "/u",
+            "--socket-group-access",
+        ])) else {
+            panic!("--socket-group-access refused");
+        };
+        assert_eq!(opts.socket_mode(), 0o660);
+        assert_eq!(crate::ProcessOptions::default().socket_mode(), 0o600);
+        assert_eq!(
+            err(&["--socket-group-access=yes"]),
+            "option --socket-group-access takes no value"
         );
     }
 

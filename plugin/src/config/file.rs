@@ -33,7 +33,7 @@ pub enum FileError {
 /// Reads and converts `path`; the VMs still need [`VmConfig::validate`].
 pub fn load(path: &Path) -> Result<Vec<VmConfig>, FileError> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| FileError::Read(name.clone(), e.to_string()))?;
+    let bytes = read_capped(path).map_err(|e| FileError::Read(name.clone(), e))?;
     let parsed: PluginConfig = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
         let text =
             String::from_utf8(bytes).map_err(|e| FileError::Parse(name.clone(), e.to_string()))?;
@@ -53,7 +53,29 @@ pub fn load(path: &Path) -> Result<Vec<VmConfig>, FileError> {
     if parsed.vms.is_empty() {
         return Err(FileError::Empty(name));
     }
+    if parsed.vms.len() > super::MAX_VMS {
+        return Err(FileError::Parse(
+            name,
+            format!("{} VMs: at most {}", parsed.vms.len(), super::MAX_VMS),
+        ));
+    }
     parsed.vms.iter().map(|vm| convert(&name, vm)).collect()
+}
+
+/// Reads at most [`super::MAX_CONFIG_FILE_BYTES`]; a larger (or endless, `/dev/zero`) file is
+/// refused without reading on.
+fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let cap = super::MAX_CONFIG_FILE_BYTES;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > cap {
+        return Err(format!("larger than {cap} bytes"));
+    }
+    Ok(bytes)
 }
 
 fn or<T: PartialEq + Default>(v: T, default: T) -> T {
@@ -214,5 +236,12 @@ mod tests {
             load(Path::new("/nonexistent/x.json")),
             Err(FileError::Read(..))
         ));
+        assert_eq!(
+            load(Path::new("/dev/zero")),
+            Err(FileError::Read(
+                "/dev/zero".into(),
+                "larger than 1048576 bytes".into()
+            ))
+        );
     }
 }

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod file;
 pub mod keyvalue;
+pub mod namespace;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,12 @@ pub const MAX_TX_BUFFER_SIZE: u32 = 1 << 30;
 pub const MAX_MAX_CONNECTIONS: u32 = 1 << 20;
 /// Longest group name, in bytes.
 pub const MAX_GROUP_NAME_LEN: usize = 64;
+/// Most groups one VM may list.
+pub const MAX_GROUPS: usize = 64;
+/// Most VMs one process serves (each holds at least four fds before any connection).
+pub const MAX_VMS: usize = 512;
+/// Largest `--config` file, in bytes.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 
 /// How the hybrid listener answers a host `CONNECT <port>` line.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
@@ -157,6 +164,8 @@ pub enum ConfigError {
     GroupName(String),
     #[error("group {0:?} is listed twice in groups")]
     DuplicateGroup(String),
+    #[error("groups lists {0} groups: at most 64")]
+    TooManyGroups(usize),
     #[error("iotlb={0}: {msg}", msg = crate::iotlb::NOT_BUILT)]
     IotlbNotBuilt(&'static str),
 }
@@ -173,7 +182,7 @@ impl VmConfig {
     /// - `tx-buffer-size`: 4096..=1 GiB;
     /// - `max-connections`: 1..=2^20;
     /// - `connect-timeout-ms`, `shutdown-timeout-ms`, `connect-line-timeout-ms`: at least 1;
-    /// - `groups`: at least one; names of 1 to 64 characters from `[A-Za-z0-9_-]`, no repeats;
+    /// - `groups`: 1 to 64 of them; names of 1 to 64 characters from `[A-Za-z0-9_-]`, no repeats;
     /// - `iotlb`: `off` unless this build translates (`iotlb` cargo feature).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(FIRST_GUEST_CID..=LAST_GUEST_CID).contains(&self.guest_cid) {
@@ -225,7 +234,11 @@ impl VmConfig {
         if self.groups.is_empty() {
             return Err(ConfigError::NoGroups);
         }
-        for (i, name) in self.groups.iter().enumerate() {
+        if self.groups.len() > MAX_GROUPS {
+            return Err(ConfigError::TooManyGroups(self.groups.len()));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.groups.len());
+        for name in &self.groups {
             let valid = !name.is_empty()
                 && name.len() <= MAX_GROUP_NAME_LEN
                 && name
@@ -234,7 +247,7 @@ impl VmConfig {
             if !valid {
                 return Err(ConfigError::GroupName(name.clone()));
             }
-            if self.groups[..i].contains(name) {
+            if !seen.insert(name.as_str()) {
                 return Err(ConfigError::DuplicateGroup(name.clone()));
             }
         }

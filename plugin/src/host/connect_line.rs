@@ -51,10 +51,21 @@ fn parse(line: &[u8]) -> Result<u32, String> {
     let text = std::str::from_utf8(line).map_err(|_| "CONNECT line is not UTF-8".to_string())?;
     let mut words = text.split_ascii_whitespace();
     match (words.next(), words.next(), words.next()) {
-        (Some(kw), Some(port), None) if kw.eq_ignore_ascii_case("connect") => port
-            .parse::<u32>()
-            .map_err(|_| format!("bad port {port:?} in CONNECT line")),
+        (Some(kw), Some(port), None) if kw.eq_ignore_ascii_case("connect") => parse_port(port),
         _ => Err(format!("expected `connect <port>`, got {text:?}")),
+    }
+}
+
+/// A guest port: decimal digits only (no sign), below `VMADDR_PORT_ANY` (`u32::MAX`), which
+/// names no port.
+fn parse_port(port: &str) -> Result<u32, String> {
+    let bad = || format!("bad port {port:?} in CONNECT line");
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match port.parse::<u32>() {
+        Ok(p) if p != u32::MAX => Ok(p),
+        _ => Err(bad()),
     }
 }
 
@@ -98,6 +109,9 @@ mod tests {
             b"connect 1 2\n",
             b"hello 5\n",
             b"connect 99999999999\n",
+            b"connect +5000\n",
+            b"connect 4294967295\n",
+            b"connect -1\n",
             b"\xff\n",
         ] {
             assert!(

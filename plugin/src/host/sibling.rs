@@ -4,8 +4,9 @@
 //! sibling traffic: packets are relayed whole from one guest's tx queue to the other's rx queue
 //! and the two guest stacks run the protocol (and its credit flow control) end to end.
 //!
-//! Each VM has a bounded inbox. When it is full the sender's tx queue stops (the packet stays in
-//! the ring, nothing is dropped) and the sender is woken when the receiver drains its inbox.
+//! Each VM has a bounded inbox. When it is full the packet goes back to the sender's device,
+//! which parks it (per destination, bounded) and goes on with its other traffic; the sender is
+//! woken when the receiver drains its inbox (see `vsock::device::sibling_out`).
 //! A packet for a CID outside every shared group, or for a VM whose device is not running, gets
 //! an RST from the sender's own device.
 
@@ -38,8 +39,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub enum Delivery {
     Delivered,
-    /// The receiver's inbox is full: retry after a wake-up.
-    Full,
+    /// The receiver's inbox is full: the packet is handed back; the sender is woken when room
+    /// appears.
+    Full(Vec<u8>),
     /// No such VM in a shared group, or its device is not running.
     Unreachable,
 }
@@ -109,12 +111,47 @@ impl SiblingRouter {
         }
         let mut inbox = lock(&dst.inbox);
         if inbox.len() >= INBOX_CAPACITY {
-            lock(&dst.waiters).push(from.wake.clone());
-            return Delivery::Full;
+            // Once per sender: a sender retries its parked packets on every pass.
+            let mut waiters = lock(&dst.waiters);
+            if !waiters.iter().any(|w| Arc::ptr_eq(w, &from.wake)) {
+                waiters.push(from.wake.clone());
+            }
+            return Delivery::Full(packet);
         }
         inbox.push_back(packet);
         drop(inbox);
         let _ = dst.wake.write(1);
         Delivery::Delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender retrying a full inbox is registered once, however often it retries.
+    #[test]
+    fn full_inbox_registers_each_sender_once() {
+        let router = SiblingRouter::default();
+        let wake = || Arc::new(EventFd::new(0).unwrap());
+        let a = router.register(3, vec!["g".into()], wake());
+        let b = router.register(4, vec!["g".into()], wake());
+        b.set_running(true);
+        for _ in 0..INBOX_CAPACITY {
+            assert!(matches!(
+                router.deliver(&a, 4, vec![0; 44]),
+                Delivery::Delivered
+            ));
+        }
+        for _ in 0..1000 {
+            assert!(matches!(
+                router.deliver(&a, 4, vec![1; 44]),
+                Delivery::Full(p) if p == vec![1; 44]
+            ));
+        }
+        assert_eq!(lock(&b.waiters).len(), 1);
+        assert!(b.pop().is_some());
+        assert_eq!(lock(&b.waiters).len(), 0);
+        assert_eq!(a.wake.read().unwrap(), 1);
     }
 }

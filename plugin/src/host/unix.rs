@@ -2,10 +2,11 @@
 //! connects to `<uds-path>_<port>`, as stream or seqpacket sockets.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// `<uds-path>_<port>`: where a guest connection to host port `port` goes.
 pub fn port_path(uds: &Path, port: u32) -> PathBuf {
@@ -52,6 +53,61 @@ pub fn connect(path: &Path, sock_type: libc::c_int) -> io::Result<Connect> {
     }
 }
 
+/// (device, inode) of every socket file this process listens on.
+static OWN_SOCKETS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    // Follows symlinks, as connect(2) does.
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Records `path` as one of this process's listening sockets (see [`is_own_socket`]).
+pub fn register_own_socket(path: &Path) {
+    if let Some(id) = file_id(path) {
+        OWN_SOCKETS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id);
+    }
+}
+
+/// Whether `path` (after symlinks) is a socket file this process listens on: checked before a
+/// guest connection is relayed there, so the listener never even sees the attempt. The check
+/// after connecting ([`peer_is_this_process`]) covers what changes in between.
+pub fn is_own_socket(path: &Path) -> bool {
+    file_id(path).is_some_and(|id| {
+        OWN_SOCKETS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    })
+}
+
+/// Whether the listening end of connected socket `sock` was created by this very process: the
+/// plugin never relays a guest into one of its own sockets (its control plane, another VM's
+/// vhost-user or hybrid socket), whatever path led there (a symlink, a late bind). Linux records
+/// the listener's credentials at `listen()` and reports them to the connecting side.
+pub fn peer_is_this_process(sock: &impl std::os::fd::AsRawFd) -> io::Result<bool> {
+    // SAFETY: ucred is plain data.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.pid == std::process::id() as libc::pid_t)
+}
+
 /// The socket type of a connected or listening socket.
 pub fn socket_type(fd: &impl std::os::fd::AsRawFd) -> io::Result<libc::c_int> {
     let mut ty: libc::c_int = 0;
@@ -72,10 +128,21 @@ pub fn socket_type(fd: &impl std::os::fd::AsRawFd) -> io::Result<libc::c_int> {
     Ok(ty)
 }
 
-/// Binds a listener at `path`. A stale socket file nobody listens on is replaced; a live one, or
-/// a path that is not a socket, is an error (never steal another process's socket).
-pub fn bind_listener(path: &Path) -> io::Result<UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
+/// Mode of every socket file the plugin creates unless group access is asked for: only the
+/// plugin's own uid may connect (a socket file's write bit is what `connect` checks).
+pub const SOCKET_MODE_PRIVATE: u32 = 0o600;
+/// `--socket-group-access`: the plugin's group may connect too.
+pub const SOCKET_MODE_GROUP: u32 = 0o660;
+
+/// Binds a listener at `path` with file mode `mode` (whatever the umask). A stale socket file
+/// nobody listens on is replaced; a live one, or a path that is not a socket, is an error (never
+/// steal another process's socket).
+///
+/// The mode is set on the socket before `bind` creates the file (Linux creates it with the
+/// socket inode's mode minus the umask), so the file is never reachable with a wider mode; a
+/// `chmod` after `bind` then restores bits the umask removed.
+pub fn bind_listener(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(io::Error::new(
@@ -91,8 +158,35 @@ pub fn bind_listener(path: &Path) -> io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
-    listener.set_nonblocking(true)?;
+    // SAFETY: plain socket(2) call; the fd is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fchmod on our own socket fd.
+    if unsafe { libc::fchmod(fd, mode as libc::mode_t) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (addr, len) = sockaddr(path)?;
+    // SAFETY: addr is a valid sockaddr_un of length len.
+    if unsafe { libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let listener = UnixListener::from(owned);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    register_own_socket(path);
+    // SAFETY: listen on our own bound socket.
+    if unsafe { libc::listen(listener.as_raw_fd(), libc::SOMAXCONN) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(listener)
 }
 
@@ -123,7 +217,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vp-unix-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let uds = dir.join("vm");
-        let l = bind_listener(&port_path(&uds, 80)).unwrap();
+        let l = bind_listener(&port_path(&uds, 80), SOCKET_MODE_PRIVATE).unwrap();
         assert!(matches!(
             connect(&port_path(&uds, 80), libc::SOCK_STREAM),
             Ok(Connect::Connected(_))
@@ -137,9 +231,9 @@ mod tests {
             .unwrap();
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
         // A live listener is never replaced; a stale one is.
-        assert!(bind_listener(&port_path(&uds, 80)).is_err());
+        assert!(bind_listener(&port_path(&uds, 80), SOCKET_MODE_PRIVATE).is_err());
         drop(l);
-        assert!(bind_listener(&port_path(&uds, 80)).is_ok());
+        assert!(bind_listener(&port_path(&uds, 80), SOCKET_MODE_PRIVATE).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -20,8 +20,9 @@ pub enum FrontendListener {
 }
 
 impl FrontendListener {
-    pub fn bind(path: &Path) -> io::Result<FrontendListener> {
-        let listener = crate::host::unix::bind_listener(path)?;
+    /// Listens at `path`, a socket file of mode `mode`.
+    pub fn bind(path: &Path, mode: u32) -> io::Result<FrontendListener> {
+        let listener = crate::host::unix::bind_listener(path, mode)?;
         Ok(FrontendListener::Listening {
             listener,
             path: Some(path.to_path_buf()),

@@ -72,6 +72,11 @@ impl TxQueue {
         self.chunks.is_empty()
     }
 
+    /// Bytes waiting for the host socket.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
     pub fn push(&mut self, data: Vec<u8>) {
         if !data.is_empty() {
             self.bytes += data.len();

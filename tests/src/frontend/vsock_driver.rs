@@ -299,11 +299,20 @@ impl VsockDriver {
     }
 
     fn stock_rx(&mut self) {
+        self.post_rx_chains(self.cfg.rx_buffers);
+    }
+
+    /// Posts `n` more rx chains (as many as the ring holds) and kicks: a guest that starts
+    /// reading late (tests start with `rx_buffers = 0` to play a guest that never reads).
+    pub fn post_rx_buffers(&mut self, n: usize) {
+        self.post_rx_chains(n);
+        self.rxq.kick();
+    }
+
+    fn post_rx_chains(&mut self, n: usize) {
         let per_chain = self.cfg.rx_layout.len();
-        let n = self
-            .cfg
-            .rx_buffers
-            .min(self.rxq.size as usize / per_chain.max(1));
+        let room = self.rxq.num_free() / per_chain.max(1);
+        let n = n.min(room);
         for _ in 0..n {
             let bufs: Vec<Buf> = self
                 .cfg

@@ -185,3 +185,5 @@ pub fn assert_logged(p: &PluginProcess, needle: &str) {
         "plugin log lacks {needle:?}:\n{tail}"
     );
 }
+
+pub mod measure;

@@ -6,42 +6,124 @@ impl VsockDevice {
     // ----- events -----------------------------------------------------------------------------
 
     /// The hybrid listener is readable: accept every waiting host client.
+    ///
+    /// At most [`MAX_PENDING_CLIENTS`] clients may be waiting for their CONNECT line: a newcomer
+    /// beyond that closes the oldest waiting one (an idle client costs its own kind, never the
+    /// fds of the process). When `accept` fails for want of a resource (`EMFILE`, `ENFILE`,
+    /// `ENOMEM`...) the listener leaves the epoll set for [`ACCEPT_RETRY`] (a level-triggered
+    /// listener would fire again at once: a spin) and new clients wait in the kernel's backlog.
     pub fn accept_clients(&mut self, ep: &Epoll) {
-        loop {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        // A bounded batch: the listener is level-triggered, so the rest waits for the next round
+        // of the event loop and a connect flood cannot starve the VM's data path.
+        for _ in 0..ACCEPT_BATCH {
             match self.hybrid.accept() {
                 Ok((sock, _)) => {
                     if sock.set_nonblocking(true).is_err() {
                         continue;
                     }
-                    let id = match self.clients.iter().position(Option::is_none) {
-                        Some(i) => i,
-                        None => {
-                            self.clients.push(None);
-                            self.clients.len() - 1
-                        }
-                    };
-                    let ev = EventSet::IN | EventSet::READ_HANG_UP;
-                    if let Err(e) = ep.ctl(
-                        ControlOperation::Add,
-                        sock.as_raw_fd(),
-                        EpollEvent::new(ev, token::host_client(id as u32)),
-                    ) {
-                        log::warn!("cannot watch host client: {e}");
-                        continue;
-                    }
-                    self.clients[id] = Some(PendingClient {
-                        sock,
-                        line: ConnectLine::default(),
-                        since: Instant::now(),
-                    });
+                    self.admit_client(sock, ep);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
+                    ) =>
+                {
+                    // That one client's problem (it left before we took it): next one.
+                    crate::log_limited!(
+                        Info,
+                        "accept on {} failed: {e}",
+                        self.cfg.uds_path.display()
+                    );
+                }
                 Err(e) => {
-                    log::warn!("accept on {} failed: {e}", self.cfg.uds_path.display());
+                    crate::log_limited!(
+                        Warn,
+                        "accept on {} failed: {e}; not accepting for {:?}",
+                        self.cfg.uds_path.display(),
+                        ACCEPT_RETRY
+                    );
+                    self.pause_accepting(ep);
                     return;
                 }
             }
         }
+    }
+
+    /// Takes a new host client into the pending set, closing the oldest one when it is full.
+    fn admit_client(&mut self, sock: UnixStream, ep: &Epoll) {
+        let pending = self.clients.iter().filter(|c| c.is_some()).count();
+        if pending >= MAX_PENDING_CLIENTS {
+            let oldest = self
+                .clients
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.as_ref().map(|c| (i, c.since)))
+                .min_by_key(|(_, since)| *since)
+                .map(|(i, _)| i);
+            if let Some(i) = oldest {
+                crate::log_limited!(
+                    Info,
+                    "{MAX_PENDING_CLIENTS} host clients wait for a CONNECT line on {}; \
+                     closing the oldest",
+                    self.cfg.uds_path.display()
+                );
+                self.clients[i] = None;
+            }
+        }
+        let id = match self.clients.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.clients.push(None);
+                self.clients.len() - 1
+            }
+        };
+        let ev = EventSet::IN | EventSet::READ_HANG_UP;
+        if let Err(e) = ep.ctl(
+            ControlOperation::Add,
+            sock.as_raw_fd(),
+            EpollEvent::new(ev, token::host_client(id as u32)),
+        ) {
+            crate::log_limited!(Warn, "cannot watch host client: {e}");
+            return;
+        }
+        self.clients[id] = Some(PendingClient {
+            sock,
+            line: ConnectLine::default(),
+            since: Instant::now(),
+        });
+    }
+
+    fn pause_accepting(&mut self, ep: &Epoll) {
+        let _ = ep.ctl(
+            ControlOperation::Delete,
+            self.hybrid.as_raw_fd(),
+            EpollEvent::default(),
+        );
+        self.accept_paused_until = Some(Instant::now() + ACCEPT_RETRY);
+    }
+
+    /// Puts the listener back into the epoll set once the pause is over (from the timer).
+    fn resume_accepting(&mut self, ep: &Epoll, now: Instant) {
+        if self.accept_paused_until.is_none_or(|t| now < t) {
+            return;
+        }
+        self.accept_paused_until = None;
+        if let Err(e) = ep.ctl(
+            ControlOperation::Add,
+            self.hybrid.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, token::Token::HybridListener.encode()),
+        ) {
+            crate::log_limited!(Warn, "cannot watch {}: {e}", self.cfg.uds_path.display());
+            self.accept_paused_until = Some(now + ACCEPT_RETRY);
+            return;
+        }
+        self.accept_clients(ep);
     }
 
     /// A host client that has not finished its CONNECT line sent something.
@@ -59,7 +141,7 @@ impl VsockDevice {
         match state {
             LineState::Incomplete => {}
             LineState::Invalid(why) => {
-                log::info!("host client dropped: {why}");
+                crate::log_limited!(Info, "host client dropped: {why}");
                 self.clients[id as usize] = None;
             }
             LineState::Connect { port, rest } => {
@@ -80,20 +162,35 @@ impl VsockDevice {
         running: bool,
     ) {
         if !running {
-            log::info!(
+            crate::log_limited!(
+                Info,
                 "host connect to guest port {guest_port} refused: the device is not running"
             );
             return;
         }
-        if self.conns.len() >= self.cfg.max_connections {
-            log::warn!(
-                "host connect to guest port {guest_port} refused: {} connections open",
-                self.conns.len()
+        let host_limit = host_connection_limit(self.cfg.max_connections);
+        if self.conns.len() >= self.cfg.max_connections || self.host_initiated_open >= host_limit {
+            crate::log_limited!(
+                Warn,
+                "host connect to guest port {guest_port} refused: {} connections open, {} of \
+                 them from host clients (at most {host_limit}: the rest is kept for the guest)",
+                self.conns.len(),
+                self.host_initiated_open
+            );
+            return;
+        }
+        if self.control.len() >= CONTROL_BACKLOG {
+            // The guest is not taking control packets: do not queue more REQUESTs for it.
+            crate::log_limited!(
+                Warn,
+                "host connect to guest port {guest_port} refused: {} control packets wait \
+                 for the guest's rx buffers",
+                self.control.len()
             );
             return;
         }
         let Some(host_port) = self.allocate_local_port(guest_port) else {
-            log::warn!("no free local port for guest port {guest_port}");
+            crate::log_limited!(Warn, "no free local port for guest port {guest_port}");
             return;
         };
         let key = ConnKey {
@@ -117,6 +214,7 @@ impl VsockDevice {
         conn.host_initiated = true;
         conn.rx_pending.extend(rest);
         let slot = self.conns.insert(conn);
+        self.host_initiated_open += 1;
         if !self.watch_host(ep, &sock, slot, ControlOperation::Modify) {
             self.remove_conn(slot, "cannot watch the host socket");
             return;
@@ -160,7 +258,7 @@ impl VsockDevice {
             EpollEvent::new(ev, token::host_conn(slot)),
         );
         if let Err(e) = res {
-            log::warn!("cannot watch host socket: {e}");
+            crate::log_limited!(Warn, "cannot watch host socket: {e}");
             return false;
         }
         true
@@ -210,7 +308,7 @@ impl VsockDevice {
             return;
         };
         if let Err(e) = conn.flush_tx() {
-            log::info!("host socket of {:?} failed: {e}", conn.key);
+            crate::log_limited!(Info, "host socket of {:?} failed: {e}", conn.key);
             self.reset_conn(slot);
             return;
         }
@@ -228,18 +326,21 @@ impl VsockDevice {
     /// Periodic work: timeouts and retries. Returns whether anything is still timed.
     pub fn on_tick(&mut self, ep: &Epoll) -> bool {
         let now = Instant::now();
+        self.resume_accepting(ep, now);
         for c in self.clients.iter_mut() {
             if c.as_ref()
                 .is_some_and(|c| now.duration_since(c.since) >= self.cfg.connect_line_timeout)
             {
-                log::info!(
+                crate::log_limited!(
+                    Info,
                     "host client sent no CONNECT line within {:?}; closing it",
                     self.cfg.connect_line_timeout
                 );
                 *c = None;
             }
         }
-        let mut timed = self.clients.iter().any(Option::is_some);
+        let mut timed =
+            self.clients.iter().any(Option::is_some) || self.accept_paused_until.is_some();
         for slot in self.conns.slots_from(0) {
             let Some(conn) = self.conns.get(slot) else {
                 continue;
@@ -248,7 +349,8 @@ impl VsockDevice {
                 State::LocalInit { since } | State::PeerInit { since }
                     if now.duration_since(since) >= self.cfg.connect_timeout =>
                 {
-                    log::info!(
+                    crate::log_limited!(
+                        Info,
                         "connection {:?} not established within {:?}; reset",
                         conn.key,
                         self.cfg.connect_timeout
@@ -258,7 +360,8 @@ impl VsockDevice {
                 State::Closing { since }
                     if now.duration_since(since) >= self.cfg.shutdown_timeout =>
                 {
-                    log::info!(
+                    crate::log_limited!(
+                        Info,
                         "connection {:?} not closed within {:?}; reset",
                         conn.key,
                         self.cfg.shutdown_timeout

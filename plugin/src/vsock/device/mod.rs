@@ -5,7 +5,8 @@
 //! - tx (guest → device): every chain is returned to the used ring with length 0, whatever its
 //!   fate; a malformed packet is dropped with a log line (and an RST when it names a connection).
 //!   A chain with descriptors outside guest memory breaks the queue (see `Vring`). The tx queue is
-//!   paused, never dropped, when the rx side is backed up (control backlog, full sibling inbox).
+//!   paused, never dropped, when the guest's own rx side is backed up (control backlog); a full
+//!   sibling inbox costs only the connections to that sibling (see `sibling_out`).
 //! - rx (device → guest): control packets first (they are small and unblock the guest), then
 //!   sibling packets, then connection data round-robin. A packet never exceeds the guest's buffer
 //!   nor its credit; an rx chain is taken only when something is ready to go into it.
@@ -43,8 +44,10 @@ use crate::virtqueue::chain::ChainBuffers;
 use crate::virtqueue::vring::Vring;
 use crate::worker::token;
 
+mod drain;
 mod host_events;
 mod rx;
+mod sibling_out;
 mod socket_io;
 mod tx;
 
@@ -52,7 +55,10 @@ use socket_io::*;
 
 /// Largest payload of one packet we build (the virtio-vsock maximum, 64 KiB).
 pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;
-/// Control packets waiting for rx buffers before the tx queue pauses.
+/// Control packets waiting for rx buffers before the tx queue pauses and host connects are
+/// refused. The queue is bounded: beyond this, only packets about existing connections are
+/// added (at most a SHUTDOWN and an RST each), and a connection whose REQUEST never left the
+/// queue takes it out again when it ends.
 const CONTROL_BACKLOG: usize = 1024;
 /// First host-side port for host-initiated connections (Firecracker's range, 2^30 .. 2^31).
 const LOCAL_PORT_FIRST: u32 = 1 << 30;
@@ -63,6 +69,13 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 const MAX_RX_GATHER: usize = 15;
 /// Most tx chains held back from the used ring within one pass.
 const MAX_HELD_CHAINS: usize = 1024;
+/// Host clients on `<uds-path>` waiting for their CONNECT line, per VM; a newcomer beyond this
+/// closes the oldest.
+pub const MAX_PENDING_CLIENTS: usize = 128;
+/// Host clients accepted per readiness event of the hybrid listener.
+const ACCEPT_BATCH: usize = 64;
+/// How long the hybrid listener rests after `accept` failed (out of fds).
+const ACCEPT_RETRY: Duration = Duration::from_millis(250);
 /// Event id of VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
 const EVENT_TRANSPORT_RESET: u32 = 0;
 
@@ -117,7 +130,11 @@ pub struct VsockDevice {
     control: VecDeque<Control>,
     clients: Vec<Option<PendingClient>>,
     hybrid: std::os::unix::net::UnixListener,
+    /// Set while the hybrid listener is out of the epoll set after a failed accept.
+    accept_paused_until: Option<Instant>,
     next_local_port: u32,
+    /// Open connections that host clients initiated (see [`host_connection_limit`]).
+    host_initiated_open: usize,
     /// Connections that may have host data for the guest, in round-robin order.
     rx_ready: VecDeque<u32>,
     seqpacket: bool,
@@ -126,6 +143,8 @@ pub struct VsockDevice {
     tx_paused: bool,
     router: Arc<SiblingRouter>,
     sibling: Arc<SiblingPort>,
+    /// Packets for sibling VMs whose inbox was full.
+    parked: sibling_out::ParkedSiblings,
     pub stats: Stats,
     iov: IovecScratch,
     tx_batch: TxBatch,
@@ -152,12 +171,6 @@ pub struct ConnSnapshot {
     pub peer_fwd_cnt: u32,
 }
 
-enum TxOutcome {
-    Done,
-    /// Leave the chain in the ring and stop processing tx for now.
-    Backpressure,
-}
-
 impl VsockDevice {
     pub fn new(
         cfg: DeviceConfig,
@@ -171,7 +184,9 @@ impl VsockDevice {
             control: VecDeque::new(),
             clients: Vec::new(),
             hybrid,
+            accept_paused_until: None,
             next_local_port: LOCAL_PORT_FIRST,
+            host_initiated_open: 0,
             rx_ready: VecDeque::new(),
             seqpacket: false,
             transport_reset_pending: false,
@@ -179,6 +194,7 @@ impl VsockDevice {
             tx_paused: false,
             router,
             sibling,
+            parked: Default::default(),
             stats: Stats::default(),
             iov: IovecScratch::default(),
             tx_batch: TxBatch::default(),
@@ -245,7 +261,11 @@ impl VsockDevice {
         match route {
             HostRoute::Unix => self.retry_host_connect(slot, ep),
             HostRoute::Deny(reason) => {
-                log::info!("guest connect to port {} denied: {reason}", key.host_port);
+                crate::log_limited!(
+                    Info,
+                    "guest connect to port {} denied: {reason}",
+                    key.host_port
+                );
                 self.reset_conn_because(slot, &reason);
             }
             HostRoute::Stream(sock) => {
@@ -287,6 +307,9 @@ impl VsockDevice {
     /// The one place connections leave the table (events see every close).
     fn remove_conn(&mut self, slot: u32, reason: &str) -> Option<Connection> {
         let conn = self.conns.remove(slot)?;
+        if conn.host_initiated {
+            self.host_initiated_open = self.host_initiated_open.saturating_sub(1);
+        }
         if self.tx_batch.slot == Some(slot) {
             // The connection is gone: its batched bytes have nowhere to go.
             self.tx_batch.slot = None;
@@ -316,8 +339,13 @@ impl VsockDevice {
     /// connection (their peers see EOF) and tell the guest at the next start.
     pub fn reset(&mut self) {
         let dropped = self.conns.drain();
+        self.host_initiated_open = 0;
         if !dropped.is_empty() {
-            log::info!("device reset: closing {} connection(s)", dropped.len());
+            crate::log_limited!(
+                Info,
+                "device reset: closing {} connection(s)",
+                dropped.len()
+            );
         }
         if let Some(ev) = &self.events {
             for c in &dropped {
@@ -325,6 +353,7 @@ impl VsockDevice {
             }
         }
         self.control.clear();
+        self.parked.clear();
         self.tx_paused = false;
         self.sibling.set_running(false);
         if self.ever_started {
@@ -385,10 +414,34 @@ impl VsockDevice {
 
     fn reset_conn_because(&mut self, slot: u32, reason: &str) {
         if let Some(conn) = self.remove_conn(slot, reason) {
+            let ends = self.ends(conn.key);
+            let request_may_wait =
+                conn.host_initiated && matches!(conn.state, State::LocalInit { .. });
+            if request_may_wait && self.unqueue_request(ends) {
+                // The guest never saw this connection: nothing to reset, and no stale REQUEST
+                // piles up while the guest posts no rx buffers.
+                return;
+            }
             self.stats.rst_sent += 1;
-            self.queue_control(self.ends(conn.key), conn.kind, Op::Rst, 0);
+            self.queue_control(ends, conn.kind, Op::Rst, 0);
         }
     }
+
+    /// Removes a REQUEST for `ends` that is still waiting for an rx buffer; true if there was
+    /// one. (The queue is bounded, see [`CONTROL_BACKLOG`].)
+    fn unqueue_request(&mut self, ends: Endpoints) -> bool {
+        let pos = self
+            .control
+            .iter()
+            .position(|c| c.op == Op::Request && c.ends == ends);
+        pos.and_then(|i| self.control.remove(i)).is_some()
+    }
+}
+
+/// Most connections host clients may hold: half of `max-connections` (rounded up), so host
+/// clients can never take the slots the guest needs for its own outbound connections.
+pub fn host_connection_limit(max_connections: usize) -> usize {
+    max_connections - max_connections / 2
 }
 
 fn host_ends(guest_cid: u64, key: ConnKey) -> Endpoints {

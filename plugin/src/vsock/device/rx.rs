@@ -25,7 +25,8 @@ impl VsockDevice {
                 break;
             };
             if chain.writable.len() < HEADER_SIZE {
-                log::warn!(
+                crate::log_limited!(
+                    Warn,
                     "rx buffer of {} bytes cannot hold a header; returned unused",
                     chain.writable.len()
                 );
@@ -193,7 +194,7 @@ impl VsockDevice {
         }
         if conn.rx_pending.is_empty() && conn.is_seqpacket() {
             if let Err(e) = read_host_message(conn) {
-                log::info!("host side of {:?} failed: {e}; reset", conn.key);
+                crate::log_limited!(Info, "host side of {:?} failed: {e}; reset", conn.key);
                 self.reset_conn(slot);
                 return None;
             }
@@ -288,7 +289,7 @@ impl VsockDevice {
                     return None;
                 }
                 Err(e) => {
-                    log::info!("host socket of {:?} failed: {e}; reset", conn.key);
+                    crate::log_limited!(Info, "host socket of {:?} failed: {e}; reset", conn.key);
                     self.reset_conn(slot);
                     return None;
                 }
@@ -334,7 +335,8 @@ impl VsockDevice {
         };
         let id = EVENT_TRANSPORT_RESET.to_le_bytes();
         if chain.writable.len() < id.len() || chain.writable.write_at(mem, 0, &id).is_err() {
-            log::warn!(
+            crate::log_limited!(
+                Warn,
                 "event buffer of {} bytes cannot hold an event",
                 chain.writable.len()
             );
@@ -342,7 +344,11 @@ impl VsockDevice {
         } else {
             rings.vrings[EVENT_QUEUE].add_used(mem, chain.head, id.len() as u32);
             self.transport_reset_pending = false;
-            log::info!("posted TRANSPORT_RESET to guest {}", self.cfg.guest_cid);
+            crate::log_limited!(
+                Info,
+                "posted TRANSPORT_RESET to guest {}",
+                self.cfg.guest_cid
+            );
         }
         rings.vrings[EVENT_QUEUE].notify(mem);
     }

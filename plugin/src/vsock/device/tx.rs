@@ -11,6 +11,7 @@ impl VsockDevice {
     /// those buffers, which lets consecutive RW packets of one connection go to the host socket
     /// in a single `sendmsg` straight from guest memory (see [`TxBatch`]).
     pub fn process_tx(&mut self, rings: &mut Rings, ep: &Epoll) {
+        self.drain_parked();
         let mem = rings.mem;
         loop {
             let tx = &mut rings.vrings[TX_QUEUE];
@@ -31,14 +32,8 @@ impl VsockDevice {
                 let Some(chain) = rings.vrings[TX_QUEUE].pop(mem) else {
                     break;
                 };
-                match self.handle_tx_chain(&chain, mem, ep) {
-                    TxOutcome::Done => heads.push(chain.head),
-                    TxOutcome::Backpressure => {
-                        rings.vrings[TX_QUEUE].unpop();
-                        self.tx_paused = true;
-                        break;
-                    }
-                }
+                self.handle_tx_chain(&chain, mem, ep);
+                heads.push(chain.head);
             }
             let used_any = !heads.is_empty();
             self.return_tx_chains(rings, &mut heads);
@@ -81,7 +76,7 @@ impl VsockDevice {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => {
-                log::info!("host side of {:?} failed: {e}; reset", conn.key);
+                crate::log_limited!(Info, "host side of {:?} failed: {e}; reset", conn.key);
                 self.reset_conn(slot);
                 return;
             }
@@ -104,80 +99,87 @@ impl VsockDevice {
         self.tx_paused
     }
 
-    pub(super) fn handle_tx_chain(
-        &mut self,
-        chain: &ChainBuffers,
-        mem: &DeviceMemory,
-        ep: &Epoll,
-    ) -> TxOutcome {
+    pub(super) fn handle_tx_chain(&mut self, chain: &ChainBuffers, mem: &DeviceMemory, ep: &Epoll) {
         self.stats.tx_packets += 1;
         let mut raw = [0u8; HEADER_SIZE];
         if chain.readable.len() < HEADER_SIZE || chain.readable.read_at(mem, 0, &mut raw).is_err() {
-            log::warn!(
+            crate::log_limited!(
+                Warn,
                 "tx packet of {} bytes is shorter than a header; dropped",
                 chain.readable.len()
             );
             self.stats.dropped_packets += 1;
-            return TxOutcome::Done;
+            return;
         }
         let hdr = PacketHeader::from_bytes(&raw);
         let len = hdr.len() as usize;
         if hdr.src_cid() != self.cfg.guest_cid {
-            log::warn!(
+            crate::log_limited!(
+                Warn,
                 "tx packet with src_cid {} from guest {}; dropped",
                 hdr.src_cid(),
                 self.cfg.guest_cid
             );
             self.stats.dropped_packets += 1;
-            return TxOutcome::Done;
+            return;
         }
         if len > MAX_PKT_PAYLOAD.max(self.cfg.buf_alloc as usize)
             || len > chain.readable.len() - HEADER_SIZE
         {
-            log::warn!(
+            crate::log_limited!(
+                Warn,
                 "tx packet claims {len} payload bytes but carries {}; reset",
                 chain.readable.len() - HEADER_SIZE
             );
             self.stats.dropped_packets += 1;
-            self.reply_rst(&hdr);
-            return TxOutcome::Done;
+            self.reject_packet(&hdr, "malformed packet (length beyond its buffers)");
+            return;
         }
         let Some(op) = hdr.op() else {
-            log::warn!("tx packet with unknown op {}; reset", hdr.op_raw());
-            self.reply_rst(&hdr);
-            return TxOutcome::Done;
+            crate::log_limited!(Warn, "tx packet with unknown op {}; reset", hdr.op_raw());
+            self.reject_packet(&hdr, "packet with an unknown op");
+            return;
         };
         let type_ok =
             hdr.kind() == kind::STREAM || (hdr.kind() == kind::SEQPACKET && self.seqpacket);
         if !type_ok {
-            log::info!(
+            crate::log_limited!(
+                Info,
                 "tx packet with socket type {} not supported; reset",
                 hdr.kind()
             );
-            self.reply_rst(&hdr);
-            return TxOutcome::Done;
+            self.reject_packet(&hdr, "packet with an unsupported socket type");
+            return;
         }
         match hdr.dst_cid() {
             HOST_CID => {
                 self.handle_host_packet(&hdr, op, chain, mem, ep);
-                TxOutcome::Done
             }
             dst => {
                 let mut packet = vec![0u8; HEADER_SIZE + len];
                 if chain.readable.read_at(mem, 0, &mut packet).is_err() {
-                    return TxOutcome::Done;
+                    return;
                 }
-                match self.router.deliver(&self.sibling, dst, packet) {
-                    Delivery::Delivered => TxOutcome::Done,
-                    Delivery::Full => TxOutcome::Backpressure,
-                    Delivery::Unreachable => {
-                        log::debug!("no reachable sibling with CID {dst}");
-                        self.reply_rst(&hdr);
-                        TxOutcome::Done
-                    }
-                }
+                self.send_to_sibling(&hdr, dst, packet);
             }
         }
+    }
+
+    /// Answers a packet the device refuses with RST. When it names an existing host connection,
+    /// that connection ends too (host socket closed, slot freed): an RST always ends the
+    /// connection on both sides, never just in the guest's view.
+    fn reject_packet(&mut self, hdr: &PacketHeader, reason: &str) {
+        if hdr.dst_cid() == HOST_CID {
+            let key = ConnKey {
+                host_port: hdr.dst_port(),
+                guest_port: hdr.src_port(),
+            };
+            if let Some(slot) = self.conns.slot_of(&key) {
+                self.reset_conn_because(slot, reason);
+                return;
+            }
+        }
+        self.reply_rst(hdr);
     }
 
     pub(super) fn handle_host_packet(
@@ -197,7 +199,7 @@ impl VsockDevice {
                 Op::Request => self.guest_connect(hdr, key, ep),
                 Op::Rst => {}
                 _ => {
-                    log::debug!("{op:?} for unknown connection {key:?}; reset");
+                    crate::log_limited!(Debug, "{op:?} for unknown connection {key:?}; reset");
                     self.reply_rst(hdr);
                 }
             }
@@ -211,7 +213,7 @@ impl VsockDevice {
             return;
         };
         if conn.kind != hdr.kind() {
-            log::warn!("connection {key:?} changed socket type; reset");
+            crate::log_limited!(Warn, "connection {key:?} changed socket type; reset");
             self.reset_conn(slot);
             return;
         }
@@ -221,7 +223,7 @@ impl VsockDevice {
         }
         match op {
             Op::Request => {
-                log::warn!("duplicate REQUEST for {key:?}; reset");
+                crate::log_limited!(Warn, "duplicate REQUEST for {key:?}; reset");
                 self.reset_conn(slot);
             }
             Op::Response => self.guest_accepted(slot),
@@ -243,7 +245,8 @@ impl VsockDevice {
 
     pub(super) fn guest_connect(&mut self, hdr: &PacketHeader, key: ConnKey, ep: &Epoll) {
         if self.conns.len() >= self.cfg.max_connections {
-            log::warn!(
+            crate::log_limited!(
+                Warn,
                 "guest connect to port {} refused: {} connections open (max-connections)",
                 key.host_port,
                 self.conns.len()
@@ -263,7 +266,8 @@ impl VsockDevice {
                 .filter(|c| c.key.host_port == key.host_port && !c.host_initiated)
                 .count();
             if open >= limits.max_connections as usize {
-                log::warn!(
+                crate::log_limited!(
+                    Warn,
                     "guest connect to port {} refused: {open} connections open (policy limit {})",
                     key.host_port,
                     limits.max_connections
@@ -307,8 +311,18 @@ impl VsockDevice {
         } else {
             libc::SOCK_STREAM
         };
+        if unix::is_own_socket(&path) {
+            self.refuse_own_socket(slot, &path);
+            return;
+        }
         match unix::connect(&path, sock_type) {
             Ok(Connect::Connected(sock)) => {
+                if !unix::peer_is_this_process(&sock).is_ok_and(|own| !own) {
+                    // A confused deputy otherwise: the guest would speak to the control plane
+                    // or another VM's sockets with the plugin's own identity.
+                    self.refuse_own_socket(slot, &path);
+                    return;
+                }
                 if !self.watch_host(ep, &sock, slot, ControlOperation::Add) {
                     self.reset_conn(slot);
                     return;
@@ -321,10 +335,25 @@ impl VsockDevice {
             }
             Ok(Connect::Busy) => {}
             Err(e) => {
-                log::info!("guest connect to {} failed: {e}; reset", path.display());
+                crate::log_limited!(
+                    Info,
+                    "guest connect to {} failed: {e}; reset",
+                    path.display()
+                );
                 self.reset_conn(slot);
             }
         }
+    }
+
+    /// A guest connection that would reach one of the plugin's own sockets (its control plane,
+    /// another VM's sockets) is reset: the plugin never acts as a deputy for the guest there.
+    fn refuse_own_socket(&mut self, slot: u32, path: &std::path::Path) {
+        crate::log_limited!(
+            Warn,
+            "guest connect to {} refused: it is one of the plugin's own sockets",
+            path.display()
+        );
+        self.reset_conn_because(slot, "target is one of the plugin's own sockets");
     }
 
     pub(super) fn guest_accepted(&mut self, slot: u32) {
@@ -332,7 +361,7 @@ impl VsockDevice {
             return;
         };
         if !matches!(conn.state, State::LocalInit { .. }) {
-            log::warn!("unexpected RESPONSE for {:?}; reset", conn.key);
+            crate::log_limited!(Warn, "unexpected RESPONSE for {:?}; reset", conn.key);
             self.reset_conn(slot);
             return;
         }
@@ -342,7 +371,7 @@ impl VsockDevice {
             .as_ref()
             .map(|s| crate::vsock::connection::send(s, &line));
         if !matches!(written, Some(Ok(n)) if n == line.len()) {
-            log::info!("host client of {:?} went away before OK", conn.key);
+            crate::log_limited!(Info, "host client of {:?} went away before OK", conn.key);
             self.reset_conn(slot);
             return;
         }
@@ -361,7 +390,8 @@ impl VsockDevice {
             return;
         };
         if !conn.is_established() && !matches!(conn.state, State::Closing { .. }) {
-            log::warn!(
+            crate::log_limited!(
+                Warn,
                 "RW before the connection {:?} was established; reset",
                 conn.key
             );
@@ -369,13 +399,13 @@ impl VsockDevice {
             return;
         }
         if conn.guest_shut & shutdown::SEND != 0 || conn.host_hup {
-            log::info!("data on {:?} after shutdown; reset", conn.key);
+            crate::log_limited!(Info, "data on {:?} after shutdown; reset", conn.key);
             self.reset_conn(slot);
             return;
         }
         conn.bytes_from_guest += len as u64;
         if !conn.credit.accept_from_peer(len as u32) {
-            log::warn!("guest overran the credit of {:?}; reset", conn.key);
+            crate::log_limited!(Warn, "guest overran the credit of {:?}; reset", conn.key);
             self.reset_conn(slot);
             return;
         }
@@ -392,7 +422,7 @@ impl VsockDevice {
                     .readable
                     .iovecs(mem, HEADER_SIZE, len, Permissions::Read, &mut piece)
             {
-                log::warn!("tx payload of {slot} unreadable: {e}; reset");
+                crate::log_limited!(Warn, "tx payload of {slot} unreadable: {e}; reset");
                 self.reset_conn(slot);
                 return;
             }
@@ -417,7 +447,7 @@ impl VsockDevice {
             queue_stream(conn, chain, mem, len)
         };
         if let Err(e) = result {
-            log::info!("host side of {:?} failed: {e}; reset", conn.key);
+            crate::log_limited!(Info, "host side of {:?} failed: {e}; reset", conn.key);
             self.reset_conn(slot);
             return;
         }
