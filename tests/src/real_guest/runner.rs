@@ -16,6 +16,9 @@ use super::util::{indent, which};
 use super::{binder, host, initramfs, iommu, measure, selftest};
 
 pub const RESTART_CASE: &str = "qemu_restart";
+/// Readiness probes on the vhost-user socket (one connects and closes, one connects and stays
+/// silent) before QEMU starts: QEMU (which does not retry) must still be served at once.
+pub const PROBE_CASE: &str = "vhost_user_probe_then_boot";
 pub const SIBLINGS_CASE: &str = "siblings_groups";
 /// 256 KiB echoed between sibling guests (packets bigger than the receiver's rx buffers).
 pub const SIBLINGS_BULK_CASE: &str = "siblings_bulk";
@@ -185,6 +188,7 @@ fn all_case_names() -> Vec<&'static str> {
     let mut v = vec![BOOT_CASE];
     v.extend(BOOT_CASES.iter().map(|c| c.0));
     v.push(RESTART_CASE);
+    v.push(PROBE_CASE);
     v.push(SIBLINGS_CASE);
     v.push(SIBLINGS_BULK_CASE);
     v.extend(iommu::CASES);
@@ -510,6 +514,13 @@ pub fn main() -> ExitCode {
             boots: 0,
         };
         run_boot_cases(&mut run, &want, &mut report);
+        if want(PROBE_CASE) {
+            let t = Instant::now();
+            let res = probe_then_boot(&mut run);
+            report.record(&k.line, PROBE_CASE, t.elapsed(), &res, || {
+                tails(None, &dir.join("probe/backend.log"))
+            });
+        }
         let sib: Vec<&str> = [SIBLINGS_CASE, SIBLINGS_BULK_CASE]
             .into_iter()
             .filter(|c| want(c))
@@ -861,6 +872,70 @@ fn qemu_restart(run: &mut KernelRun, s: &mut Session) -> CaseResult {
         });
     }
     Ok(notes.join(", "))
+}
+
+/// [`PROBE_CASE`]: a fresh backend; a probe connects to the vhost-user socket and closes, a second
+/// connects and stays open without a word (as Cuttlefish's readiness check and other probes do);
+/// then QEMU boots. QEMU gives up on a backend that does not answer its handshake, so a guest that
+/// boots and moves data proves the silent probe did not keep the slot.
+fn probe_then_boot(run: &mut KernelRun) -> CaseResult {
+    let lost = |msg: String| Fail { msg, lost: true };
+    let dir = run.dir.join("probe");
+    let _ = std::fs::create_dir_all(&dir);
+    let spec = VmSpec {
+        cid: 3,
+        socket: dir.join("vhost.sock"),
+        uds: dir.join("vm.vsock"),
+        groups: "default".into(),
+    };
+    let mut backend = Backend::start(
+        expand_single(&run.o.backend, &spec),
+        &dir.join("backend.log"),
+        &[&spec.socket],
+    )
+    .map_err(lost)?;
+    drop(
+        std::os::unix::net::UnixStream::connect(&spec.socket)
+            .map_err(|e| lost(format!("probe 1: {e}")))?,
+    );
+    let silent = std::os::unix::net::UnixStream::connect(&spec.socket)
+        .map_err(|e| lost(format!("probe 2: {e}")))?;
+    let t = Instant::now();
+    let mut vm = Vm::start(
+        "guest",
+        &run.qemu,
+        &spec.socket,
+        &dir.join("vm"),
+        Duration::from_secs(60),
+    )
+    .map_err(|e| lost(format!("QEMU after a silent probe: {e}")))?;
+    let boot_s = t.elapsed().as_secs_f64();
+    let health = cases::health(
+        &mut Guest {
+            vm: &mut vm,
+            uds: &spec.uds,
+        },
+        1270,
+    );
+    // The probe learns it lost the slot: EOF (or a reset) on its connection.
+    let mut byte = [0u8; 1];
+    let _ = silent.set_read_timeout(Some(Duration::from_secs(5)));
+    let probe_saw = match std::io::Read::read(&mut &silent, &mut byte) {
+        Ok(0) => "EOF".to_string(),
+        Ok(_) => "a byte".to_string(),
+        Err(e) => e.to_string(),
+    };
+    vm.shutdown(Duration::from_secs(10));
+    let alive = backend.alive();
+    backend.stop();
+    health?;
+    if !alive {
+        return Err(lost("backend exited".into()));
+    }
+    Ok(format!(
+        "after a connect-and-close probe and a silent probe, QEMU was served and the guest booted \
+         in {boot_s:.1} s and echoed; the silent probe saw {probe_saw}"
+    ))
 }
 
 /// Three guests on one backend process: CIDs 3 and 4 in group g1, CID 5 in g2. Guest 3 must reach
