@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::frontend::host_side::{hybrid_connect_raw, listen, read_line};
 use crate::frontend::split_queue::wait_fd;
 
-use super::guest::{Guest, GuestOpts, Sink, TxShape};
+use super::guest::{Guest, GuestOpts, Sink, State, TxShape};
 use super::subject::{Backend, Subject};
 use super::util::{proc_status_kib, proc_threads, quantile, thread_cpu, Pattern, Sum64};
 
@@ -77,6 +77,9 @@ pub enum Figure {
     RttGuestEcho,
     /// Guest → host connects per second (connect, RESPONSE, close).
     Setup,
+    /// Sibling control-packet round trip: guest 3 connects to guest 4 in the same backend
+    /// (REQUEST and RESPONSE each cross the sibling path once), then resets the connection.
+    SiblingConnect,
     /// Backend memory with 1,000 open connections.
     Rss,
 }
@@ -94,6 +97,7 @@ impl Figure {
             Figure::RttHostEcho,
             Figure::RttGuestEcho,
             Figure::Setup,
+            Figure::SiblingConnect,
             Figure::Rss,
         ]
     }
@@ -108,6 +112,7 @@ impl Figure {
             Figure::RttHostEcho => "rtt-host-echo".into(),
             Figure::RttGuestEcho => "rtt-guest-echo".into(),
             Figure::Setup => "setup".into(),
+            Figure::SiblingConnect => "sibling-connect".into(),
             Figure::Rss => "rss".into(),
         }
     }
@@ -121,7 +126,8 @@ impl Figure {
         }
         !matches!(
             (self, s),
-            (Figure::G2hPaged, Subject::Reference) | (Figure::Rss, Subject::Socketpair)
+            (Figure::G2hPaged, Subject::Reference)
+                | (Figure::Rss | Figure::SiblingConnect, Subject::Socketpair)
         )
     }
 }
@@ -150,10 +156,13 @@ pub fn measure(
             }
             Figure::RttHostEcho | Figure::RttGuestEcho => sp_rtt(p),
             Figure::Setup => sp_setup(p),
-            Figure::Rss => Err("no backend".into()),
+            Figure::Rss | Figure::SiblingConnect => Err("no backend".into()),
         };
     }
     let bin = bin.ok_or("no binary")?;
+    if fig == Figure::SiblingConnect {
+        return vs_sibling_connect(s, bin, p);
+    }
     let iotlb = matches!(fig, Figure::G2hIotlb | Figure::H2gIotlb);
     let args: &[&str] = if iotlb { &["--iotlb", "required"] } else { &[] };
     let mut be = Backend::start_with(s, bin, args).map_err(err("start backend"))?;
@@ -186,6 +195,7 @@ pub fn measure(
         Figure::RttHostEcho => vs_rtt_host_echo(&be, p),
         Figure::RttGuestEcho => vs_rtt_guest_echo(&be, p),
         Figure::Setup => vs_setup(&be, p),
+        Figure::SiblingConnect => Err("measured on two VMs (vs_sibling_connect)".into()),
         Figure::Rss => vs_rss(&be, p),
     };
     if !be.alive() {
@@ -562,6 +572,75 @@ fn vs_setup(be: &Backend, p: &Params) -> Result<Sample, String> {
         d.total() * 1e6 / p.setup_conns as f64,
     );
     drop(held);
+    Ok(m)
+}
+
+/// [`Figure::SiblingConnect`]: guest 4 runs in its own thread (accepting, as Linux does on a
+/// REQUEST to a listening port), guest 3 times each connect from REQUEST sent to RESPONSE read,
+/// then resets the connection and connects again. Both guests wait for interrupts, so each round
+/// trip includes the backend's wake-ups on both VMs: what a SHUTDOWN or RESPONSE between two
+/// real guests costs. `setup_conns` round trips after `WARMUP`.
+fn vs_sibling_connect(subject: Subject, bin: &Path, p: &Params) -> Result<Sample, String> {
+    let be = Backend::start_siblings(subject, bin).map_err(err("start"))?;
+    let n = WARMUP + p.setup_conns;
+    let sock4 = be.sibling_socket.clone().ok_or("no sibling socket")?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || -> Result<(), String> {
+        let opts = GuestOpts {
+            cid: 4,
+            peer_cid: 3,
+            ..GuestOpts::default()
+        };
+        let mut g = Guest::start(&sock4, opts).map_err(err("guest 4 handshake"))?;
+        let _ = ready_tx.send(());
+        let mut last = None;
+        for i in 0..n {
+            let k = g
+                .accept(PORT, Sink::Buffer(Vec::new()), T5)
+                .map_err(|e| format!("guest 4 accept {i}: {e}"))?;
+            last = Some(k);
+        }
+        // Stay up until guest 3's last RST: the last RESPONSE must leave before this VM goes.
+        if let Some(k) = last {
+            g.poll_until(T5, "the last RST", |g| g.conn(k).state == State::Reset)
+                .map_err(err("guest 4"))?;
+        }
+        Ok(())
+    });
+    if ready_rx.recv_timeout(T5).is_err() {
+        return Err(match join(server) {
+            Err(e) => e,
+            Ok(()) => "guest 4 never came up".to_string(),
+        });
+    }
+    let opts = GuestOpts {
+        cid: 3,
+        peer_cid: 4,
+        ..GuestOpts::default()
+    };
+    let mut g = Guest::start(&be.socket, opts).map_err(err("guest 3 handshake"))?;
+    let mut us = Vec::with_capacity(p.setup_conns);
+    let mut b0 = be.cpu();
+    for i in 0..n {
+        if i == WARMUP {
+            b0 = be.cpu();
+        }
+        let t = Instant::now();
+        let key = g
+            .connect(PORT, Sink::Buffer(Vec::new()), T5)
+            .map_err(|e| format!("guest 3 connect {i}: {e}"))?;
+        let dt = t.elapsed();
+        g.abort(key).map_err(err("reset"))?;
+        if i >= WARMUP {
+            us.push(dt.as_secs_f64() * 1e6);
+        }
+    }
+    let m = rtt_sample(us, Some(&be), b0);
+    join(server)?;
+    let mut be = be;
+    if !be.alive() {
+        return Err(format!("{} died: {}", subject.name(), be.log_tail(2000)));
+    }
     Ok(m)
 }
 

@@ -52,6 +52,10 @@ pub struct GuestOpts {
     pub tx_shape: TxShape,
     /// Negotiate ACCESS_PLATFORM with IOTLB translation (identity IOVAs), IOTLB warmed up front.
     pub iotlb: bool,
+    /// This guest's CID (the backend must be configured with the same).
+    pub cid: u64,
+    /// The CID every connection goes to: the host (2), or a sibling guest's CID.
+    pub peer_cid: u64,
 }
 
 impl Default for GuestOpts {
@@ -63,6 +67,8 @@ impl Default for GuestOpts {
             buf_alloc: 256 * 1024,
             tx_shape: TxShape::Single,
             iotlb: false,
+            cid: 3,
+            peer_cid: HOST_CID,
         }
     }
 }
@@ -214,7 +220,7 @@ impl Guest {
             txq,
             negotiated,
             counters: Counters::default(),
-            cid: 3,
+            cid: opts.cid,
             rx_gpa,
             rx_len,
             tx_free,
@@ -237,7 +243,7 @@ impl Guest {
             .unwrap_or((self.opts.buf_alloc, 0));
         Header {
             src_cid: self.cid,
-            dst_cid: HOST_CID,
+            dst_cid: self.opts.peer_cid,
             src_port: key.0,
             dst_port: key.1,
             len,
@@ -545,6 +551,13 @@ impl Guest {
         self.ctrl(key, OP_RESPONSE, 0);
         self.kick_tx()?;
         Ok(key)
+    }
+
+    /// Resets the connection (RST) and forgets it at once.
+    pub fn abort(&mut self, key: Key) -> io::Result<()> {
+        self.ctrl(key, OP_RST, 0);
+        self.conns.remove(&key);
+        self.kick_tx()
     }
 
     /// Closes as Linux's close() does: SHUTDOWN(RCV|SEND), then waits for the peer's RST.

@@ -143,6 +143,30 @@ fn rows() -> Vec<Row> {
             Target::Ref(2.0),
         ),
         r(
+            "sibling control round trip p50 (µs), guest 3 → 4 connect",
+            Figure::SiblingConnect,
+            "p50_us",
+            1,
+            false,
+            Target::None,
+        ),
+        r(
+            "sibling control round trip p99 (µs)",
+            Figure::SiblingConnect,
+            "p99_us",
+            1,
+            false,
+            Target::None,
+        ),
+        r(
+            "backend CPU µs per sibling round trip",
+            Figure::SiblingConnect,
+            "backend_cpu_us_per_rtt",
+            1,
+            false,
+            Target::None,
+        ),
+        r(
             "backend CPU s/GiB, g2h 4 KiB",
             Figure::G2h(4096),
             "backend_cpu_gib",
@@ -432,6 +456,7 @@ pub fn raw(res: &Results, subjects: &[Subject], figures: &[Figure]) -> String {
             | Figure::H2gIotlb => "mbps",
             Figure::RttHostEcho | Figure::RttGuestEcho => "p50_us",
             Figure::Setup => "conn_per_s",
+            Figure::SiblingConnect => "p50_us",
             Figure::Rss => "hwm_kib",
         };
         for &s in subjects {

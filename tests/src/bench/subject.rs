@@ -1,5 +1,6 @@
 //! The three subjects and the backend processes the benchmark starts.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -125,6 +126,8 @@ pub struct Backend {
     pub dir: TempDir,
     pub socket: PathBuf,
     pub uds: PathBuf,
+    /// The second VM's vhost-user socket (guest CID 4) of [`Backend::start_siblings`].
+    pub sibling_socket: Option<PathBuf>,
     child: Child,
     log: PathBuf,
 }
@@ -139,12 +142,55 @@ impl Backend {
         let dir = TempDir::new()?;
         let socket = dir.join("v.sock");
         let uds = dir.join("h.sock");
+        let vm: Vec<OsString> = vec![
+            "--guest-cid".into(),
+            "3".into(),
+            "--socket".into(),
+            socket.clone().into(),
+            "--uds-path".into(),
+            uds.clone().into(),
+        ];
+        Self::spawn(subject, bin, dir, vm, args, socket, uds, None)
+    }
+
+    /// Two sibling VMs in one backend process and one group: guest CID 3 on `socket`, guest
+    /// CID 4 on `sibling_socket` (`--vm guest-cid=..,socket=..,uds-path=..,groups=bench`, the
+    /// syntax both backends take).
+    pub fn start_siblings(subject: Subject, bin: &Path) -> io::Result<Backend> {
+        let dir = TempDir::new()?;
+        let (socket, uds) = (dir.join("v.sock"), dir.join("h.sock"));
+        let (socket4, uds4) = (dir.join("v4.sock"), dir.join("h4.sock"));
+        let spec = |cid: u32, s: &Path, u: &Path| -> OsString {
+            format!(
+                "guest-cid={cid},socket={},uds-path={},groups=bench",
+                s.display(),
+                u.display()
+            )
+            .into()
+        };
+        let vm = vec![
+            "--vm".into(),
+            spec(3, &socket, &uds),
+            "--vm".into(),
+            spec(4, &socket4, &uds4),
+        ];
+        Self::spawn(subject, bin, dir, vm, &[], socket, uds, Some(socket4))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        subject: Subject,
+        bin: &Path,
+        dir: TempDir,
+        vm_args: Vec<OsString>,
+        args: &[&str],
+        socket: PathBuf,
+        uds: PathBuf,
+        sibling_socket: Option<PathBuf>,
+    ) -> io::Result<Backend> {
         let log = dir.join("backend.log");
         let mut cmd = Command::new(bin);
-        cmd.args(["--guest-cid", "3", "--socket"])
-            .arg(&socket)
-            .arg("--uds-path")
-            .arg(&uds)
+        cmd.args(&vm_args)
             .args(extra_args(subject))
             .args(args)
             .env(
@@ -167,13 +213,14 @@ impl Backend {
             dir,
             socket,
             uds,
+            sibling_socket,
             child,
             log,
         };
-        // Wait for the vhost-user socket without connecting to it (a bare connect uses up one
-        // serve iteration of the reference).
+        // Wait for the vhost-user socket(s) without connecting (a bare connect uses up one serve
+        // iteration of the reference).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !b.socket.exists() {
+        while !b.socket.exists() || b.sibling_socket.as_ref().is_some_and(|s| !s.exists()) {
             if let Ok(Some(st)) = b.child.try_wait() {
                 return Err(io::Error::other(format!(
                     "{} exited with {st} at start: {}",
