@@ -50,6 +50,12 @@
 //!   Linux's `close()` does (SHUTDOWN RCV|SEND without waiting; the device's RST is processed
 //!   whenever it arrives), then the next connect; the clock stops when the last RST is in
 //!   (`setup_conns`, 3,000; quick 500). A host thread accepts and holds the connections.
+//! - **Sibling control round trip**: one backend process serving two VMs in one group (guest CIDs
+//!   3 and 4, `--vm ...,groups=bench`); guest 4 (its own thread) accepts on a port, guest 3
+//!   connects to it and resets the connection, `setup_conns` times after 100 untimed ones. Timed
+//!   in guest 3 from the REQUEST sent to the RESPONSE read: two crossings of the sibling path,
+//!   each with the backend's wake-ups on both VMs and an interrupt. This is the latency that
+//!   decides races such as vsock_test's SHUT_RD check between two real guests.
 //! - **Backend CPU s/GiB**: CPU time of the backend process before and after each throughput
 //!   transfer, divided by GiB moved: `utime + stime` from `/proc/<pid>/stat` (all threads; 10 ms
 //!   ticks, which is coarse for a 0.1 s transfer) and the nanosecond run time summed over
