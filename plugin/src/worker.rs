@@ -311,6 +311,10 @@ impl VmWorker {
         }
         self.device.process_event(&mut rings);
         session.send_pending_misses();
+        if let Some(why) = session.memory_fault() {
+            log::error!("[{}] dropping the frontend: {why}", self.name);
+            self.drop_frontend();
+        }
     }
 
     fn accept_frontend(&mut self) {

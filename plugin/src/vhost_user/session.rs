@@ -145,6 +145,12 @@ impl FrontendSession {
         self.mem = Arc::new(mem);
     }
 
+    /// Why this session's guest memory can no longer be used (a contained SIGBUS: the frontend
+    /// shrank a region's fd under the mapping). The worker drops the frontend when this is set.
+    pub fn memory_fault(&mut self) -> Option<String> {
+        self.memory.fault()
+    }
+
     /// Sends the MISS of every queue that parked on an IOTLB hole.
     pub fn send_pending_misses(&mut self) {
         for (q, vring) in self.vrings.iter_mut().enumerate() {
