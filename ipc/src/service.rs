@@ -18,7 +18,7 @@ use android_vsockplugin::aidl::android::vsockplugin::{
     IHostServiceRegistry::IHostServiceRegistry, ServiceRegistration::ServiceRegistration,
 };
 use android_vsockplugin::binder::{Interface, Result as BinderResult, Status, Strong};
-use protobuf::Message;
+use protobuf::MessageFull;
 
 use crate::api::{ControlError, DeviceControl, PortResolver, Route};
 use crate::auth::AllowList;
@@ -149,7 +149,7 @@ fn control_status(e: ControlError) -> Status {
 }
 
 /// Decode a request and apply the `required_features` rule.
-fn request<M: Message>(
+fn request<M: MessageFull>(
     bytes: &[u8],
     supported: u64,
     required: impl Fn(&M) -> u64,
