@@ -64,7 +64,8 @@ fn writes_into_rings(image: &[u8]) -> bool {
     };
     LAYOUT.iter().any(|&(table, _, _)| {
         (0..QUEUE as usize).any(|i| {
-            desc(table as usize + 16 * i).is_some_and(|(addr, flags)| flags & 0x6 != 0 && addr < 0x800)
+            desc(table as usize + 16 * i)
+                .is_some_and(|(addr, flags)| flags & 0x6 != 0 && addr < 0x800)
         })
     })
 }
