@@ -290,7 +290,7 @@ fn to_json<M: MessageFull>(m: &M) -> Result<String, CtlError> {
         .map_err(|e| CtlError::Call(format!("cannot print JSON: {e}")))
 }
 
-fn reply<M: protobuf::Message>(what: &str, r: Result<Vec<u8>, Status>) -> Result<M, CtlError> {
+fn reply<M: MessageFull>(what: &str, r: Result<Vec<u8>, Status>) -> Result<M, CtlError> {
     let bytes = r.map_err(call_err(what))?;
     decode(&bytes).map_err(|e| CtlError::Call(format!("{what}: bad reply: {e}")))
 }

@@ -18,7 +18,7 @@ use android_vsockplugin::aidl::android::vsockplugin::{
     IHostServiceRegistry::IHostServiceRegistry, ServiceRegistration::ServiceRegistration,
 };
 use android_vsockplugin::binder::{Interface, Result as BinderResult, Status, Strong};
-use protobuf::Message;
+use protobuf::MessageFull;
 
 use crate::api::{ControlError, DeviceControl, PortResolver, Route};
 use crate::auth::AllowList;
@@ -96,6 +96,8 @@ struct Shared {
     allow: AllowList,
     started: Instant,
     policy: RwLock<PolicyTable>,
+    /// Held for a whole policy change (not the `policy` lock: readers never wait on it).
+    policy_update: Mutex<()>,
     registrations: Mutex<Vec<Registration>>,
     tombstones: Mutex<Vec<Tombstone>>,
     listeners: Mutex<Vec<Listener>>,
@@ -149,7 +151,7 @@ fn control_status(e: ControlError) -> Status {
 }
 
 /// Decode a request and apply the `required_features` rule.
-fn request<M: Message>(
+fn request<M: MessageFull>(
     bytes: &[u8],
     supported: u64,
     required: impl Fn(&M) -> u64,
@@ -168,6 +170,7 @@ impl ControlPlane {
                 allow,
                 started: Instant::now(),
                 policy: RwLock::new(PolicyTable::default()),
+                policy_update: Mutex::new(()),
                 registrations: Mutex::new(Vec::new()),
                 tombstones: Mutex::new(Vec::new()),
                 listeners: Mutex::new(Vec::new()),
@@ -808,6 +811,11 @@ impl IDeviceControl for ControlService {
         Ok(encode(&m))
     }
 
+    /// Validates and applies a policy change. Limits first (F5): a request with more rules
+    /// than a table can hold is refused before any per-rule work; matching is indexed; the
+    /// policy lock is taken only to copy the table and to swap in the new one, so routing
+    /// (`route()` reads the policy) never waits for validation or for the device. Changes are
+    /// serialised by `policy_update`, so two concurrent calls cannot lose each other's rules.
     fn setPolicy(&self, req: &[u8]) -> BinderResult<()> {
         let uid = self.shared.check_caller()?;
         let r: SetPolicyRequest = request(
@@ -815,6 +823,15 @@ impl IDeviceControl for ControlService {
             self.shared.supported_features(),
             |m: &SetPolicyRequest| m.required_features,
         )?;
+        if r.rules.len() > MAX_RULES {
+            return Err(status_of(
+                ErrorCode::INVALID_ARGUMENT,
+                format!(
+                    "request holds {} rules; a policy holds at most {MAX_RULES}",
+                    r.rules.len()
+                ),
+            ));
+        }
         for (i, rule) in r.rules.iter().enumerate() {
             let bad = |m: String| {
                 Err(status_of(
@@ -837,28 +854,35 @@ impl IDeviceControl for ControlService {
                 return bad(format!("reason is longer than {MAX_NAME_LEN} bytes"));
             }
         }
-        let mut table = self
+        let _update = self
+            .shared
+            .policy_update
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut next = self
             .shared
             .policy
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut next = table.clone();
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         next.apply(&r.rules, r.replace_all)
             .map_err(|e| status_of(ErrorCode::INVALID_ARGUMENT, e))?;
         self.shared
             .device
             .apply_policy(next.rules())
             .map_err(control_status)?;
-        *table = next;
-        let denies = table
+        let denies = next
             .rules()
             .iter()
             .filter(|r| r.action.enum_value() == Ok(PolicyAction::POLICY_ACTION_DENY))
             .count();
-        log::info!(
-            "control: uid {uid} set policy ({} rules, {denies} deny)",
-            table.rules().len()
-        );
+        let total = next.rules().len();
+        *self
+            .shared
+            .policy
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = next;
+        log::info!("control: uid {uid} set policy ({total} rules, {denies} deny)");
         Ok(())
     }
 

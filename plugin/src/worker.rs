@@ -357,6 +357,10 @@ impl VmWorker {
         }
         self.device.process_event(&mut rings);
         session.send_pending_misses();
+        if let Some(why) = session.memory_fault() {
+            log::error!("[{}] dropping the frontend: {why}", self.name);
+            self.drop_frontend();
+        }
     }
 
     /// A connection waits on the frontend socket: serve it if the slot is free, or replace a

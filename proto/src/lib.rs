@@ -13,7 +13,8 @@ include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
 #[cfg(soong)]
 pub use vsock_plugin_proto_messages::*;
 
-use protobuf::Message;
+use protobuf::reflect::{ReflectFieldRef, ReflectValueRef};
+use protobuf::{Message, MessageDyn, MessageFull};
 
 /// Major version of the control protocol: bumped only for an incompatible redesign.
 pub const PROTOCOL_MAJOR: u32 = 1;
@@ -68,11 +69,51 @@ impl std::error::Error for PayloadError {}
 
 /// Decode `bytes` as `M`, refusing oversized or malformed input. Unknown fields are kept in the
 /// message's unknown-field set and never acted on.
-pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, PayloadError> {
+///
+/// Negative values in repeated enum fields are refused ([`PayloadError::Invalid`]): rust-protobuf
+/// 3.7.2 sizes a packed negative enum value at 5 bytes but writes 10, so such a message decodes
+/// while its re-encoding fails (F4). No schema here defines a negative enum value, so refusing
+/// them loses nothing, and no accepted message can break a later `encode`.
+pub fn decode<M: MessageFull>(bytes: &[u8]) -> Result<M, PayloadError> {
     if bytes.len() > MAX_PAYLOAD_LEN {
         return Err(PayloadError::TooLong(bytes.len()));
     }
-    M::parse_from_bytes(bytes).map_err(|e| PayloadError::Malformed(e.to_string()))
+    let m = M::parse_from_bytes(bytes).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+    match negative_repeated_enum(&m, 0) {
+        Some(field) => Err(PayloadError::Invalid(format!(
+            "negative value in repeated enum field {field}"
+        ))),
+        None => Ok(m),
+    }
+}
+
+/// The first repeated enum field holding a negative value, in `m` or any nested message (the
+/// nesting depth is bounded by the parser's recursion limit; `depth` is a second bound).
+fn negative_repeated_enum(m: &dyn MessageDyn, depth: u32) -> Option<String> {
+    if depth > 100 {
+        return None;
+    }
+    let d = m.descriptor_dyn();
+    for f in d.fields() {
+        let values: Vec<ReflectValueRef> = match f.get_reflect(m) {
+            ReflectFieldRef::Repeated(r) => (0..r.len()).map(|i| r.get(i)).collect(),
+            ReflectFieldRef::Optional(o) => o.value().into_iter().collect(),
+            ReflectFieldRef::Map(_) => Vec::new(),
+        };
+        for v in values {
+            let found = match v {
+                ReflectValueRef::Enum(_, n) if f.is_repeated() && n < 0 => {
+                    Some(format!("{}.{}", d.full_name(), f.name()))
+                }
+                ReflectValueRef::Message(sub) => negative_repeated_enum(&*sub, depth + 1),
+                _ => None,
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+    }
+    None
 }
 
 /// Encode `m` (deterministic for a given message: fields in number order).

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use protobuf::{EnumOrUnknown, Message};
+use protobuf::{EnumOrUnknown, Message, MessageFull};
 use vsock_plugin_proto::config::{IotlbPolicy, OkReply, PluginConfig, Toggle, VmConfig};
 use vsock_plugin_proto::control::*;
 use vsock_plugin_proto::testing::*;
@@ -21,7 +21,7 @@ fn golden_path(name: &str) -> PathBuf {
 }
 
 /// `msg` encodes to exactly the checked-in bytes, and those bytes decode to `msg`.
-fn golden<M: Message + PartialEq + std::fmt::Debug>(name: &str, msg: &M) {
+fn golden<M: MessageFull + PartialEq + std::fmt::Debug>(name: &str, msg: &M) {
     let bytes = encode(msg);
     let path = golden_path(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() && !path.exists() {
@@ -500,4 +500,50 @@ fn malformed_payloads_error_never_panic() {
     }
     // Some inputs happen to be valid; the point is that none panicked.
     assert!(decoded > 0);
+}
+
+/// F4 (fuzz finding, dependency bug): rust-protobuf 3.7.2 sizes a packed negative enum at 5
+/// bytes but writes 10, so `IotlbCapability { policies: [-1] }` decoded while its re-encoding
+/// failed. `decode` refuses negative values in repeated enum fields (packed or not, nested too),
+/// so nothing accepted from a peer can break a later `encode`.
+#[test]
+fn negative_repeated_enum_values_are_refused() {
+    // IotlbCapability: field 2, packed, one varint -1 (10 bytes).
+    let packed: &[u8] = &[
+        0x12, 0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    ];
+    // The upstream bug, as it stands: the parser accepts the message; the writer emits a length
+    // prefix of 5 followed by 10 bytes (a corrupt message).
+    let raw = IotlbCapability::parse_from_bytes(packed).unwrap();
+    assert_eq!(raw.policies[0].value(), -1);
+    let mut corrupt = vec![0x12, 0x05];
+    corrupt.extend_from_slice(&packed[2..]);
+    assert_eq!(raw.write_to_bytes().unwrap(), corrupt);
+    assert_eq!(
+        decode::<IotlbCapability>(packed),
+        Err(PayloadError::Invalid(
+            "negative value in repeated enum field vsockplugin.IotlbCapability.policies".into()
+        ))
+    );
+    // Unpacked encoding of the same value.
+    let unpacked: &[u8] = &[
+        0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    ];
+    assert!(matches!(
+        decode::<IotlbCapability>(unpacked),
+        Err(PayloadError::Invalid(_))
+    ));
+    // Nested: Capabilities.caps[0].iotlb.policies.
+    let mut nested = vec![0x22, 14, 0x12, 12];
+    nested.extend_from_slice(packed);
+    assert_eq!(
+        decode::<Capabilities>(&nested),
+        Err(PayloadError::Invalid(
+            "negative value in repeated enum field vsockplugin.IotlbCapability.policies".into()
+        ))
+    );
+    // Valid and unknown-but-positive values still decode and re-encode to the same bytes.
+    let ok: &[u8] = &[0x12, 0x02, 0x01, 0x07];
+    let m = decode::<IotlbCapability>(ok).unwrap();
+    assert_eq!(encode(&m), ok);
 }

@@ -62,29 +62,50 @@ impl VhostIommu {
     }
 
     /// Installs `iova → gpa` pieces (already validated and resolved to guest-physical memory).
+    ///
+    /// The entry count is exact: `installed` holds disjoint ranges that together cover exactly
+    /// what the IOTLB translates. A new mapping first cuts what it overlaps out of older entries
+    /// (as the IOTLB itself does), then the oldest entries are evicted while over the cap.
     pub fn map(&self, pieces: &[(u64, u64, u64)], perm: Permissions) {
         let mut tlb = self.write();
         let mut installed = lock(&self.installed);
         for &(iova, gpa, len) in pieces {
             // Checked by parse_request and the region lookup: len > 0, no overflow.
+            cut_out(&mut installed, iova, len);
             let _ = tlb.set_mapping(GuestAddress(iova), GuestAddress(gpa), len as usize, perm);
             installed.push_back((iova, len));
-            while installed.len() > self.max_entries {
-                if let Some((old, old_len)) = installed.pop_front() {
-                    // Evicting may also drop an overlapping newer mapping: that only costs a miss.
-                    tlb.invalidate_mapping(GuestAddress(old), old_len as usize);
-                }
+            self.evict_over_cap(&mut tlb, &mut installed);
+        }
+    }
+
+    /// Drops any translation in `[iova, iova + size)`. An entry only partly inside keeps its
+    /// remaining head and tail as entries of their own (F3: dropping the whole entry left the
+    /// rest of the mapping installed and uncounted, so the cap did not bound the IOTLB). A split
+    /// can add one entry; the cap is enforced again.
+    pub fn invalidate(&self, iova: u64, size: u64) {
+        let size = size.min(u64::MAX - iova);
+        if size == 0 {
+            return;
+        }
+        let mut tlb = self.write();
+        tlb.invalidate_mapping(GuestAddress(iova), size as usize);
+        let mut installed = lock(&self.installed);
+        cut_out(&mut installed, iova, size);
+        self.evict_over_cap(&mut tlb, &mut installed);
+    }
+
+    fn evict_over_cap(&self, tlb: &mut vm_memory::Iotlb, installed: &mut VecDeque<(u64, u64)>) {
+        while installed.len() > self.max_entries {
+            if let Some((old, old_len)) = installed.pop_front() {
+                // Entries are disjoint: this drops exactly that entry's translations.
+                tlb.invalidate_mapping(GuestAddress(old), old_len as usize);
             }
         }
     }
 
-    pub fn invalidate(&self, iova: u64, size: u64) {
-        if size == 0 {
-            return;
-        }
-        self.write()
-            .invalidate_mapping(GuestAddress(iova), size as usize);
-        lock(&self.installed).retain(|&(a, l)| a + l <= iova || a >= iova.saturating_add(size));
+    /// The tracked ranges (disjoint), oldest first.
+    pub fn installed_ranges(&self) -> Vec<(u64, u64)> {
+        lock(&self.installed).iter().copied().collect()
     }
 
     /// Drops every mapping (deny-all).
@@ -102,6 +123,29 @@ impl VhostIommu {
     pub fn take_fail(&self) -> Option<TranslationFail> {
         lock(&self.last_fail).take()
     }
+}
+
+/// Removes `[iova, iova + len)` from the tracked ranges, keeping the parts of each range outside
+/// it in that range's place (same age). `iova + len` does not overflow (callers check).
+fn cut_out(installed: &mut VecDeque<(u64, u64)>, iova: u64, len: u64) {
+    let end = iova + len;
+    if !installed.iter().any(|&(a, l)| a < end && iova < a + l) {
+        return;
+    }
+    let kept = installed
+        .drain(..)
+        .flat_map(|(a, l)| {
+            let a_end = a + l;
+            if a_end <= iova || a >= end {
+                return [Some((a, l)), None];
+            }
+            let head = (a < iova).then(|| (a, iova - a));
+            let tail = (a_end > end).then(|| (end, a_end - end));
+            [head, tail]
+        })
+        .flatten()
+        .collect();
+    *installed = kept;
 }
 
 impl Iommu for VhostIommu {
@@ -209,6 +253,52 @@ mod tests {
         assert!(iommu
             .translate(GuestAddress(u64::MAX - 4), 8, Permissions::Read)
             .is_err());
+    }
+
+    fn translates(iommu: &VhostIommu, iova: u64) -> bool {
+        let ok = iommu
+            .translate(GuestAddress(iova), 1, Permissions::Read)
+            .is_ok();
+        let _ = iommu.take_fail();
+        ok
+    }
+
+    /// F3 (fuzz finding): UPDATE 0+0x3000 then INVALIDATE 0x1000+0x1000 left two pages
+    /// translating with 0 entries counted; repeated, the IOTLB grew without bound past the cap.
+    #[test]
+    fn partial_invalidate_splits_the_entry_and_the_cap_bounds_translations() {
+        let iommu = VhostIommu::new(16);
+        iommu.map(&[(0, 0x10_0000, 0x3000)], Permissions::ReadWrite);
+        iommu.invalidate(0x1000, 0x1000);
+        assert_eq!(iommu.installed_ranges(), [(0, 0x1000), (0x2000, 0x1000)]);
+        assert!(translates(&iommu, 0));
+        assert!(!translates(&iommu, 0x1000));
+        assert!(translates(&iommu, 0x2fff));
+        let hit: Vec<_> = iommu
+            .translate(GuestAddress(0x2000), 8, Permissions::Read)
+            .unwrap()
+            .collect();
+        assert_eq!(hit[0].base, GuestAddress(0x10_2000));
+
+        // The attack: 1000 UPDATE/partial-INVALIDATE pairs with a cap of 16.
+        for i in 0..1000u64 {
+            let base = 0x100_0000 + i * 0x3000;
+            iommu.map(&[(base, 0x10_0000, 0x3000)], Permissions::Read);
+            iommu.invalidate(base + 0x1000, 0x1000);
+            assert!(iommu.entries() <= 16);
+        }
+        let pages = (0..3000u64)
+            .filter(|p| translates(&iommu, 0x100_0000 + p * 0x1000))
+            .count();
+        assert_eq!(pages, 16, "only the 16 counted one-page entries translate");
+        // Overlapping UPDATEs replace what they cover: still disjoint and exact.
+        iommu.flush();
+        iommu.map(&[(0, 0, 0x4000)], Permissions::Read);
+        iommu.map(&[(0x1000, 0x8000, 0x1000)], Permissions::Read);
+        assert_eq!(
+            iommu.installed_ranges(),
+            [(0, 0x1000), (0x2000, 0x2000), (0x1000, 0x1000)]
+        );
     }
 
     #[test]

@@ -8,11 +8,22 @@
 //!
 //! Rules: regions must not overlap in either space, sizes are non-zero, `addr + size` must not
 //! overflow, and at most [`MAX_REGIONS`] regions exist. A failed change leaves the table as it was.
+//!
+//! The fd must be a regular file (memfd, tmpfs, hugetlbfs file) whose size covers
+//! `mmap_offset + memory_size` when it is mapped: touching a page past the end of the file is a
+//! SIGBUS (F2: a zero-length memfd used to be mapped unchecked). A frontend can still shrink the
+//! file afterwards unless it is sealed with `F_SEAL_SHRINK`; unsealed regions are registered
+//! with [`super::fault_guard`], which contains such a SIGBUS to this VM ([`MemoryTable::fault`]).
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
+};
+
+use super::fault_guard::{self, FaultGuard};
 
 /// Memory slots we accept (GET_MAX_MEM_SLOTS); QEMU needs at least 8 without CONFIGURE_MEM_SLOTS.
 pub const MAX_REGIONS: usize = 32;
@@ -44,7 +55,20 @@ pub struct RegionSpec {
 
 struct Region {
     spec: RegionSpec,
+    /// Set when the fd is not sealed against shrinking. Declared before `mapping`: the range is
+    /// disarmed before the last reference to the mapping can unmap it.
+    guard: Option<Arc<FaultGuard>>,
     mapping: Arc<GuestRegionMmap>,
+}
+
+impl Region {
+    fn share(&self) -> Region {
+        Region {
+            spec: self.spec,
+            guard: self.guard.clone(),
+            mapping: self.mapping.clone(),
+        }
+    }
 }
 
 /// All mapped regions, plus the `GuestMemoryMmap` view the virtqueues use.
@@ -52,6 +76,9 @@ struct Region {
 pub struct MemoryTable {
     regions: Vec<Region>,
     memory: Option<Arc<GuestMemoryMmap>>,
+    /// Regions no longer in the table whose mapping may still be in use (an older memory view):
+    /// their guards stay armed until the mapping is ours alone.
+    retired: Vec<Region>,
 }
 
 impl MemoryTable {
@@ -85,14 +112,7 @@ impl MemoryTable {
         }
         check_new(&self.regions, index, &spec)?;
         let region = map_region(index, spec, file)?;
-        let mut regions: Vec<Region> = self
-            .regions
-            .iter()
-            .map(|r| Region {
-                spec: r.spec,
-                mapping: r.mapping.clone(),
-            })
-            .collect();
+        let mut regions: Vec<Region> = self.regions.iter().map(Region::share).collect();
         regions.push(region);
         self.install(regions)
     }
@@ -113,18 +133,46 @@ impl MemoryTable {
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != pos)
-            .map(|(_, r)| Region {
-                spec: r.spec,
-                mapping: r.mapping.clone(),
-            })
+            .map(|(_, r)| r.share())
             .collect();
         self.install(regions)
     }
 
     /// Drops every mapping (frontend gone, or RESET).
     pub fn clear(&mut self) {
-        self.regions.clear();
+        let old = std::mem::take(&mut self.regions);
+        self.retire(old);
         self.memory = None;
+    }
+
+    /// Why the guest memory can no longer be trusted: an access to a region whose fd shrank
+    /// under the mapping raised SIGBUS (contained by [`fault_guard`]). The session must end.
+    pub fn fault(&mut self) -> Option<String> {
+        self.retired.retain(|r| Arc::strong_count(&r.mapping) > 1);
+        self.regions
+            .iter()
+            .chain(&self.retired)
+            .find(|r| r.guard_faulted())
+            .map(|r| {
+                format!(
+                    "guest memory region at {:#x} (+{:#x}) raised SIGBUS: the frontend shrank its \
+                     fd under the mapping (fd not sealed with F_SEAL_SHRINK)",
+                    r.spec.guest_phys_addr, r.spec.memory_size
+                )
+            })
+    }
+
+    /// Keeps the guards of regions leaving the table armed while their mapping is shared.
+    fn retire(&mut self, old: Vec<Region>) {
+        let gone = old.into_iter().filter(|r| {
+            r.guard.is_some()
+                && !self
+                    .regions
+                    .iter()
+                    .any(|n| Arc::ptr_eq(&n.mapping, &r.mapping))
+        });
+        self.retired.extend(gone);
+        self.retired.retain(|r| Arc::strong_count(&r.mapping) > 1);
     }
 
     /// Frontend virtual address → guest-physical address, if `[va, va + len)` lies in one region.
@@ -166,8 +214,9 @@ impl MemoryTable {
                 },
             )?))
         };
-        self.regions = regions;
+        let old = std::mem::replace(&mut self.regions, regions);
         self.memory = memory;
+        self.retire(old);
         Ok(())
     }
 }
@@ -199,9 +248,18 @@ fn check_new(existing: &[Region], index: usize, spec: &RegionSpec) -> Result<(),
 fn map_region(index: usize, spec: RegionSpec, file: File) -> Result<Region, MemoryError> {
     let map_err = |reason: String| MemoryError::Map { index, reason };
     let size = usize::try_from(spec.memory_size).map_err(|_| MemoryError::Overflow { index })?;
-    let len = file.metadata().map_err(|e| map_err(e.to_string()))?.len();
-    // A regular file or memfd must cover the mapped range, or touching the tail would SIGBUS.
-    if len != 0 && spec.mmap_offset.saturating_add(spec.memory_size) > len {
+    // Seals first: once F_SEAL_SHRINK is seen, the size read next is a lower bound for good.
+    let sealed = fault_guard::shrink_sealed(file.as_raw_fd());
+    let meta = file.metadata().map_err(|e| map_err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(map_err(
+            "the fd is not a regular file or memfd (its size cannot be checked)".into(),
+        ));
+    }
+    // The fd must cover the mapped range, or touching the tail would SIGBUS (zero-length
+    // memfds included).
+    let len = meta.len();
+    if spec.mmap_offset.saturating_add(spec.memory_size) > len {
         return Err(map_err(format!(
             "offset {:#x} + size {:#x} is beyond the fd's {len:#x} bytes",
             spec.mmap_offset, spec.memory_size
@@ -211,10 +269,27 @@ fn map_region(index: usize, spec: RegionSpec, file: File) -> Result<Region, Memo
         .map_err(|e| map_err(e.to_string()))?;
     let mapping = GuestRegionMmap::new(mmap, GuestAddress(spec.guest_phys_addr))
         .ok_or_else(|| map_err("guest address range overflows".to_string()))?;
+    let guard = if sealed {
+        None
+    } else {
+        let start = mapping
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| map_err(e.to_string()))?;
+        Some(Arc::new(
+            FaultGuard::register(start, size).map_err(map_err)?,
+        ))
+    };
     Ok(Region {
         spec,
+        guard,
         mapping: Arc::new(mapping),
     })
+}
+
+impl Region {
+    fn guard_faulted(&self) -> bool {
+        self.guard.as_ref().is_some_and(|g| g.faulted())
+    }
 }
 
 #[cfg(test)]
@@ -224,7 +299,12 @@ mod tests {
 
     fn memfd(size: u64) -> File {
         // SAFETY: memfd_create with a valid C string.
-        let fd = unsafe { libc::memfd_create(c"vsock-test".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"vsock-test".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         assert!(fd >= 0);
         use std::os::fd::FromRawFd;
         // SAFETY: fd is a fresh, owned descriptor.
@@ -284,5 +364,85 @@ mod tests {
         t.remove(&spec(0, 0x10000, 0x7f00_0000_0000, 0)).unwrap();
         assert_eq!(t.regions().count(), 1);
         assert_eq!(t.va_to_gpa(0x7f00_0000_0000, 1), None);
+    }
+
+    /// F2 (fuzz finding): a region backed by a zero-length memfd was mapped unchecked (the
+    /// `len != 0 &&` condition) and the first ring access was a SIGBUS killing every VM.
+    #[test]
+    fn zero_length_and_short_fds_are_refused() {
+        let mut t = MemoryTable::default();
+        let empty = memfd(0);
+        assert_eq!(
+            t.add(spec(0, 0x1000, 0x1000, 0), empty),
+            Err(MemoryError::Map {
+                index: 0,
+                reason: "offset 0x0 + size 0x1000 is beyond the fd's 0x0 bytes".into()
+            })
+        );
+        assert_eq!(
+            t.set_all(vec![(spec(0, 0x2000, 0x1000, 0x1000), memfd(0x2000))]),
+            Err(MemoryError::Map {
+                index: 0,
+                reason: "offset 0x1000 + size 0x2000 is beyond the fd's 0x2000 bytes".into()
+            })
+        );
+        let pipe = {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 fills two fresh fds, owned right away.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            use std::os::fd::FromRawFd;
+            // SAFETY: fds[1] is ours; fds[0] is closed here.
+            unsafe {
+                libc::close(fds[0]);
+                File::from_raw_fd(fds[1])
+            }
+        };
+        assert!(matches!(
+            t.add(spec(0, 0x1000, 0x1000, 0), pipe),
+            Err(MemoryError::Map { reason, .. }) if reason.contains("not a regular file")
+        ));
+        assert!(t.memory().is_none());
+    }
+
+    /// F2, later shrink: an unsealed memfd truncated after it was shared. The access reads
+    /// zeros instead of killing the process, and the table reports the fault so the session is
+    /// torn down. A memfd sealed with F_SEAL_SHRINK needs no guard (it cannot shrink).
+    #[test]
+    fn a_memfd_shrunk_after_sharing_is_contained_and_reported() {
+        let mut t = MemoryTable::default();
+        let f = memfd(0x4000);
+        t.add(
+            spec(0x10000, 0x4000, 0x7f00_0000_0000, 0),
+            f.try_clone().unwrap(),
+        )
+        .unwrap();
+        assert!(t.regions[0].guard.is_some(), "unsealed: guarded");
+        let m = t.memory().unwrap().clone();
+        m.write_obj(0x1122_3344u32, GuestAddress(0x12000)).unwrap();
+        assert_eq!(t.fault(), None);
+
+        f.set_len(0).unwrap(); // the frontend shrinks the memfd under the mapping
+        let v: u32 = m.read_obj(GuestAddress(0x12000)).unwrap();
+        assert_eq!(v, 0, "the faulting page reads as zeros");
+        let fault = t.fault().expect("the SIGBUS is reported");
+        assert!(
+            fault.contains("0x10000") && fault.contains("SIGBUS"),
+            "{fault}"
+        );
+        // Writes to the replaced page do not fault either.
+        m.write_obj(7u32, GuestAddress(0x12004)).unwrap();
+        drop(m);
+        t.clear();
+        assert_eq!(t.fault(), None, "a new table starts clean");
+
+        // Sealed against shrinking: no guard, and the truncation is refused by the kernel.
+        let sealed = memfd(0x1000);
+        // SAFETY: F_ADD_SEALS on our own memfd.
+        let rc = unsafe { libc::fcntl(sealed.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        assert_eq!(rc, 0);
+        t.add(spec(0, 0x1000, 0x1000, 0), sealed.try_clone().unwrap())
+            .unwrap();
+        assert!(t.regions[0].guard.is_none(), "sealed: no guard needed");
+        assert!(sealed.set_len(0).is_err());
     }
 }

@@ -9,6 +9,8 @@
 //! - [`session`]: request handlers and the state of one frontend connection.
 //! - [`memory`]: the guest memory table and frontend-VA → guest-physical translation.
 //! - [`features`]: what is offered and accepted.
+//! - [`fault_guard`]: SIGBUS containment for guest RAM whose fd can still shrink.
+pub mod fault_guard;
 pub mod features;
 pub mod listener;
 pub mod memory;

@@ -163,6 +163,12 @@ impl FrontendSession {
         self.mem = Arc::new(mem);
     }
 
+    /// Why this session's guest memory can no longer be used (a contained SIGBUS: the frontend
+    /// shrank a region's fd under the mapping). The worker drops the frontend when this is set.
+    pub fn memory_fault(&mut self) -> Option<String> {
+        self.memory.fault()
+    }
+
     /// Sends the MISS of every queue that parked on an IOTLB hole.
     pub fn send_pending_misses(&mut self) {
         for (q, vring) in self.vrings.iter_mut().enumerate() {
@@ -572,6 +578,10 @@ impl FrontendSession {
         Ok(Reply::Ack)
     }
 
+    /// GET_CONFIG: the payload is a `VhostUserConfig` head followed by `size` bytes, and the reply
+    /// has the same shape. `size` is frontend input (up to 4 GiB): it is checked against the
+    /// payload length and the 8-byte config space before anything is allocated, so the reply is
+    /// never larger than head + config space. Out of range: the head comes back with size 0.
     fn get_config(&self, p: &[u8]) -> Result<Reply, SessionError> {
         let head_len = std::mem::size_of::<VhostUserConfig>();
         if p.len() < head_len {
@@ -583,33 +593,23 @@ impl FrontendSession {
         let head = parse::<VhostUserConfig>(&p[..head_len])?;
         let (offset, size, flags) = (head.offset, head.size, head.flags);
         let space = self.config.guest_cid.to_le_bytes();
-        let in_range = p.len() == head_len + size as usize
-            && offset
-                .checked_add(size)
-                .is_some_and(|end| end <= CONFIG_SPACE_SIZE)
-            && size > 0;
-        let mut body = Vec::with_capacity(head_len + size as usize);
-        if in_range {
-            body.extend_from_slice(
-                VhostUserConfig {
-                    offset,
-                    size,
-                    flags,
-                }
-                .as_slice(),
-            );
-            body.extend_from_slice(&space[offset as usize..(offset + size) as usize]);
-        } else {
+        let range = offset
+            .checked_add(size)
+            .filter(|&end| end <= CONFIG_SPACE_SIZE && size > 0)
+            .filter(|_| p.len() - head_len == size as usize)
+            .map(|end| offset as usize..end as usize);
+        let Some(range) = range else {
             log::warn!("GET_CONFIG offset {offset} size {size} is outside the {CONFIG_SPACE_SIZE}-byte config space");
-            body.extend_from_slice(
-                VhostUserConfig {
-                    offset,
-                    size: 0,
-                    flags,
-                }
-                .as_slice(),
-            );
-        }
+            let head = VhostUserConfig {
+                offset,
+                size: 0,
+                flags,
+            };
+            return Ok(Reply::Body(head.as_slice().to_vec()));
+        };
+        let mut body = Vec::with_capacity(head_len + range.len());
+        body.extend_from_slice(head.as_slice());
+        body.extend_from_slice(&space[range]);
         Ok(Reply::Body(body))
     }
 
@@ -847,6 +847,37 @@ mod tests {
                 let _ = session.take_changes();
             }
         }
+    }
+
+    /// F1 (fuzz finding): GET_CONFIG with size 0xfffffff0 and a 12-byte payload used to reserve
+    /// head + size bytes (4 GiB) before checking size: an abort under a memory limit. The reply
+    /// is the head with size 0, and nothing larger than head + config space is allocated.
+    #[test]
+    fn get_config_checks_size_before_allocating() {
+        // The message as found: `18000000 01000000 0c000000 00000000 f0ffffff 00000000`.
+        let found: [u8; 24] = [
+            0x18, 0, 0, 0, 0x01, 0, 0, 0, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0xf0, 0xff, 0xff, 0xff, 0, 0,
+            0, 0,
+        ];
+        let (_front, back) = UnixStream::pair().unwrap();
+        let s = FrontendSession::new(back, config(IotlbMode::Off)).unwrap();
+        let Ok(Reply::Body(body)) = s.get_config(&found[12..]) else {
+            panic!("GET_CONFIG must get a reply body");
+        };
+        assert_eq!(body, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(
+            body.capacity() <= 12 + 8,
+            "reserved {} bytes",
+            body.capacity()
+        );
+        // In range: the head and the guest CID bytes.
+        let mut ok = vec![0u8; 12 + 8];
+        ok[4] = 8;
+        let Ok(Reply::Body(body)) = s.get_config(&ok) else {
+            panic!("GET_CONFIG must get a reply body");
+        };
+        assert_eq!(&body[..12], &ok[..12]);
+        assert_eq!(&body[12..], &3u64.to_le_bytes());
     }
 
     #[cfg(feature = "iotlb")]
