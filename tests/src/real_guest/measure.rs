@@ -1,8 +1,12 @@
-//! `real-guest --measure`: backend CPU seconds per GiB moved, and MB/s, for one or more backends in
-//! interleaved rounds (reference note §6–8). Per run: a fresh backend, one guest (`-smp 1`), `count`
-//! transfers of `mib` MiB guest→host and as many host→guest (8-byte length header, then data; the
-//! receiver answers with a position-dependent 64-bit sum, so half-close is not needed), and the
-//! backend's utime+stime from `/proc/<pid>/stat` before and after the transfers (boot excluded).
+//! `real-guest --measure`: backend CPU seconds per GiB moved in each direction, MB/s, and host-
+//! initiated round trips, for one or more backends in interleaved rounds (reference note §6–8).
+//! Per run: a fresh backend, one guest (`-smp 1`), `count` transfers of `mib` MiB guest→host and as
+//! many host→guest (8-byte length header, then data; the receiver answers with a position-dependent
+//! 64-bit sum, so half-close is not needed), then [`RTT_ITERS`] 64-byte round trips (the host
+//! writes, the guest echoes). The backend's utime+stime (`/proc/<pid>/stat`) is read around every
+//! transfer and around the round trips, so each direction and the round trips have their own CPU
+//! figure (boot excluded). With several backends, the summary gives each one's ratio against
+//! every other measured in the same run.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +28,10 @@ pub struct MeasureOptions {
     pub dir: PathBuf,
 }
 
+/// Host-initiated 64-byte round trips per run (the guest echoes).
+pub const RTT_ITERS: usize = 2000;
+const RTT_WARMUP: usize = 100;
+
 /// One run of one backend.
 #[derive(Clone, Debug)]
 pub struct Run {
@@ -33,11 +41,34 @@ pub struct Run {
     pub g2h_mbps: Vec<f64>,
     pub h2g_mbps: Vec<f64>,
     pub wall_s: f64,
+    /// Backend CPU seconds over the guest→host transfers only, and over host→guest only.
+    pub g2h_cpu_s: f64,
+    pub h2g_cpu_s: f64,
+    /// Round-trip times (µs) and the backend CPU seconds over them.
+    pub rtt_us: Vec<f64>,
+    pub rtt_cpu_s: f64,
 }
 
 impl Run {
     pub fn cpu_per_gib(&self) -> f64 {
         self.cpu_s / self.gib
+    }
+
+    /// Backend CPU-s per GiB of one direction (half of the bytes moved went each way).
+    pub fn g2h_cpu_per_gib(&self) -> f64 {
+        self.g2h_cpu_s / (self.gib / 2.0)
+    }
+
+    pub fn h2g_cpu_per_gib(&self) -> f64 {
+        self.h2g_cpu_s / (self.gib / 2.0)
+    }
+
+    pub fn rtt_p50_us(&self) -> f64 {
+        median(&self.rtt_us)
+    }
+
+    pub fn rtt_cpu_us(&self) -> f64 {
+        self.rtt_cpu_s * 1e6 / self.rtt_us.len().max(1) as f64
     }
 }
 
@@ -177,6 +208,53 @@ fn h2g(vm: &mut Vm, uds: &Path, port: u32, bytes: u64, seed: u64) -> Result<f64,
     }
 }
 
+/// Host-initiated round trips: the guest echoes on `port`; the host writes 64 bytes and reads
+/// them back, [`RTT_WARMUP`] untimed then [`RTT_ITERS`] timed. Returns the times (µs) and the
+/// backend CPU seconds over the timed ones.
+fn round_trips(vm: &mut Vm, uds: &Path, port: u32, pid: u32) -> Result<(Vec<f64>, f64), String> {
+    let id = vm
+        .start_op(
+            "measure",
+            "echo_server",
+            &format!("port={port} conns=1 timeout_ms=20000"),
+        )
+        .map_err(|e| e.to_string())?;
+    vm.wait_ready(id, Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    let host = (|| -> Result<(Vec<f64>, f64), String> {
+        let mut s = host::connect_guest(uds, port, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut us = Vec::with_capacity(RTT_ITERS);
+        let mut c0 = 0.0;
+        let mut back = [0u8; 64];
+        for i in 0..RTT_WARMUP + RTT_ITERS {
+            if i == RTT_WARMUP {
+                c0 = proc_cpu(pid)?.0;
+            }
+            let mut msg = [(i % 251) as u8; 64];
+            msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let t = Instant::now();
+            s.write_all(&msg).map_err(|e| format!("round trip {i}: {e}"))?;
+            s.read_exact(&mut back)
+                .map_err(|e| format!("round trip {i}: {e}"))?;
+            let dt = t.elapsed();
+            if back != msg {
+                return Err(format!("round trip {i}: echo differs"));
+            }
+            if i >= RTT_WARMUP {
+                us.push(dt.as_secs_f64() * 1e6);
+            }
+        }
+        let cpu = proc_cpu(pid)?.0 - c0;
+        Ok((us, cpu))
+    })();
+    let guest = vm.wait_result(id, Duration::from_secs(60));
+    match (host, guest) {
+        (Ok(r), Ok(_)) => Ok(r),
+        (h, g) => Err(format!("round trips: host {:?}; guest {g:?}", h.map(|_| ()))),
+    }
+}
+
 fn one_run(o: &MeasureOptions, backend: &str, dir: &Path) -> Result<Run, String> {
     let _ = std::fs::create_dir_all(dir);
     let spec = VmSpec {
@@ -212,14 +290,25 @@ fn one_run(o: &MeasureOptions, backend: &str, dir: &Path) -> Result<Run, String>
         g2h_mbps: Vec::new(),
         h2g_mbps: Vec::new(),
         wall_s: 0.0,
+        g2h_cpu_s: 0.0,
+        h2g_cpu_s: 0.0,
+        rtt_us: Vec::new(),
+        rtt_cpu_s: 0.0,
     };
     for i in 0..o.count {
+        let a = proc_cpu(pid)?.0;
         let r = g2h(&mut vm, &spec.uds, 1235 + 2 * i, bytes, 100 + i as u64).map_err(tails)?;
+        let b = proc_cpu(pid)?.0;
         run.g2h_mbps.push(r);
+        run.g2h_cpu_s += b - a;
         let r = h2g(&mut vm, &spec.uds, 5002 + 2 * i, bytes, 200 + i as u64).map_err(tails)?;
+        run.h2g_cpu_s += proc_cpu(pid)?.0 - b;
         run.h2g_mbps.push(r);
     }
     let (c1, u1) = proc_cpu(pid)?;
+    let (rtt, rtt_cpu) = round_trips(&mut vm, &spec.uds, 5100, pid).map_err(tails)?;
+    run.rtt_us = rtt;
+    run.rtt_cpu_s = rtt_cpu;
     run.wall_s = t0.elapsed().as_secs_f64();
     run.cpu_s = c1 - c0;
     run.user_s = u1 - u0;
@@ -260,13 +349,18 @@ pub fn main(o: &MeasureOptions) -> bool {
             match one_run(o, b, &dir) {
                 Ok(r) => {
                     println!(
-                        "measure: round {round} {:<20} CPU {:.2} s ({:.0} % user) for {:.2} GiB = {:.2} CPU-s/GiB; \
+                        "measure: round {round} {:<20} CPU {:.2} s ({:.0} % user) for {:.2} GiB = {:.2} CPU-s/GiB \
+                         (g2h {:.2}, h2g {:.2}); RTT p50 {:.0} µs, {:.1} CPU-µs/RTT; \
                          g2h MB/s {}; h2g MB/s {}; wall {:.1} s",
                         names[i],
                         r.cpu_s,
                         100.0 * r.user_s / r.cpu_s.max(1e-9),
                         r.gib,
                         r.cpu_per_gib(),
+                        r.g2h_cpu_per_gib(),
+                        r.h2g_cpu_per_gib(),
+                        r.rtt_p50_us(),
+                        r.rtt_cpu_us(),
                         r.g2h_mbps
                             .iter()
                             .map(|v| format!("{v:.1}"))
@@ -288,27 +382,101 @@ pub fn main(o: &MeasureOptions) -> bool {
             }
         }
     }
-    println!("measure: summary (medians over runs; MB/s medians over all transfers, min–max)");
     println!(
-        "  {:<20} {:>5} {:>12} {:>10} {:>22} {:>22}",
-        "backend", "runs", "CPU-s/GiB", "CPU-s/run", "g2h MB/s", "h2g MB/s"
+        "measure: summary (medians over runs; MB/s medians over all transfers, min–max; CPU = backend \
+         utime+stime, 10 ms ticks)"
     );
-    for (i, rs) in runs.iter().enumerate() {
-        let per: Vec<f64> = rs.iter().map(Run::cpu_per_gib).collect();
-        let cpu: Vec<f64> = rs.iter().map(|r| r.cpu_s).collect();
+    println!(
+        "  {:<20} {:>4} {:>9} {:>9} {:>9} {:>18} {:>18} {:>9} {:>9} {:>11}",
+        "backend",
+        "runs",
+        "g2h s/GiB",
+        "h2g s/GiB",
+        "all s/GiB",
+        "g2h MB/s",
+        "h2g MB/s",
+        "RTT p50",
+        "RTT p99",
+        "CPU µs/RTT"
+    );
+    let figs: Vec<Figures> = runs.iter().map(|rs| Figures::of(rs)).collect();
+    for (i, (rs, f)) in runs.iter().zip(&figs).enumerate() {
         let g: Vec<f64> = rs.iter().flat_map(|r| r.g2h_mbps.clone()).collect();
         let h: Vec<f64> = rs.iter().flat_map(|r| r.h2g_mbps.clone()).collect();
         let (glo, ghi) = range(&g);
         let (hlo, hhi) = range(&h);
         println!(
-            "  {:<20} {:>5} {:>12.2} {:>10.2} {:>22} {:>22}",
+            "  {:<20} {:>4} {:>9.2} {:>9.2} {:>9.2} {:>18} {:>18} {:>9.0} {:>9.0} {:>11.1}",
             names[i],
             rs.len(),
-            median(&per),
-            median(&cpu),
-            format!("{:.1} ({glo:.1}–{ghi:.1})", median(&g)),
-            format!("{:.1} ({hlo:.1}–{hhi:.1})", median(&h)),
+            f.g2h_cpu_gib,
+            f.h2g_cpu_gib,
+            f.cpu_gib,
+            format!("{:.1} ({glo:.1}–{ghi:.1})", f.g2h_mbps),
+            format!("{:.1} ({hlo:.1}–{hhi:.1})", f.h2g_mbps),
+            f.rtt_p50_us,
+            f.rtt_p99_us,
+            f.rtt_cpu_us,
         );
     }
+    // Each backend against every other measured in this run (lower is better except MB/s).
+    for i in 0..figs.len() {
+        for j in 0..figs.len() {
+            if i == j || runs[i].is_empty() || runs[j].is_empty() {
+                continue;
+            }
+            let (a, b) = (&figs[i], &figs[j]);
+            println!(
+                "  {} / {}: g2h CPU/GiB {:.2}×, h2g CPU/GiB {:.2}×, g2h MB/s {:.2}×, h2g MB/s {:.2}×, \
+                 RTT p50 {:.2}×, CPU per RTT {:.2}×",
+                names[i],
+                names[j],
+                a.g2h_cpu_gib / b.g2h_cpu_gib,
+                a.h2g_cpu_gib / b.h2g_cpu_gib,
+                a.g2h_mbps / b.g2h_mbps,
+                a.h2g_mbps / b.h2g_mbps,
+                a.rtt_p50_us / b.rtt_p50_us,
+                a.rtt_cpu_us / b.rtt_cpu_us,
+            );
+        }
+    }
     ok
+}
+
+/// The medians the summary shows for one backend.
+struct Figures {
+    cpu_gib: f64,
+    g2h_cpu_gib: f64,
+    h2g_cpu_gib: f64,
+    g2h_mbps: f64,
+    h2g_mbps: f64,
+    rtt_p50_us: f64,
+    rtt_p99_us: f64,
+    rtt_cpu_us: f64,
+}
+
+impl Figures {
+    fn of(rs: &[Run]) -> Figures {
+        let m = |f: &dyn Fn(&Run) -> f64| median(&rs.iter().map(f).collect::<Vec<_>>());
+        let all = |f: &dyn Fn(&Run) -> Vec<f64>| median(&rs.iter().flat_map(f).collect::<Vec<_>>());
+        Figures {
+            cpu_gib: m(&Run::cpu_per_gib),
+            g2h_cpu_gib: m(&Run::g2h_cpu_per_gib),
+            h2g_cpu_gib: m(&Run::h2g_cpu_per_gib),
+            g2h_mbps: all(&|r| r.g2h_mbps.clone()),
+            h2g_mbps: all(&|r| r.h2g_mbps.clone()),
+            rtt_p50_us: m(&Run::rtt_p50_us),
+            rtt_p99_us: m(&|r| quantile99(&r.rtt_us)),
+            rtt_cpu_us: m(&Run::rtt_cpu_us),
+        }
+    }
+}
+
+fn quantile99(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * 0.99).round() as usize]
 }
