@@ -11,3 +11,5 @@
 pub mod bench;
 pub mod frontend;
 pub mod real_guest;
+#[cfg(target_arch = "x86_64")]
+pub mod sandbox;

@@ -1,0 +1,493 @@
+//! Runs a program under a [`super::policy`] filter and reports every call outside it by name.
+//!
+//! How: the launcher forks; the child sets `PR_SET_PDEATHSIG(SIGKILL)` and `PR_SET_NO_NEW_PRIVS`,
+//! installs two filters and execs the program. Filter 1 answers `clone3` with ENOSYS and allows
+//! everything else; filter 2 allows the policy and sends everything else to the launcher as a
+//! seccomp user notification (`SECCOMP_RET_USER_NOTIF`, listener fd passed to the parent with
+//! SCM_RIGHTS). The kernel takes the strongest action of all filters (ERRNO beats USER_NOTIF beats
+//! ALLOW), so `clone3` gets ENOSYS whatever filter 2 says, as under sandbox2.
+//!
+//! The parent (not filtered) reads each notification, names the syscall and its checked arguments,
+//! and then, like sandbox2's monitor:
+//! - enforce mode: kills the process (SIGKILL) before the call runs; exit status [`EXIT_VIOLATION`];
+//! - `--log` mode: lets the call run (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`), counts it, and prints a
+//!   summary at the end; a run with violations also ends with [`EXIT_VIOLATION`] (unless the program
+//!   itself failed, whose status is kept).
+//!
+//! The one `execve` of the program itself is let through (first notification for `execve` from the
+//! child), as sandbox2's monitor lets through the one `execveat` of its sandboxee; any later exec is a
+//! violation like any other call.
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsString};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+use super::names;
+use super::policy::{self, Policy};
+
+/// Exit status of a run that made a call outside the policy (128 + SIGSYS, the status sandbox2's
+/// `SIGSYS`-killed sandboxee would have).
+pub const EXIT_VIOLATION: i32 = 128 + libc::SIGSYS;
+
+/// Marks filter 2's mismatch action in seccompiler's output, replaced by USER_NOTIF.
+const MISMATCH_MARK: u32 = 0x5ecc;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub policy: Policy,
+    pub log: bool,
+    /// Syscalls removed from the policy (to show that a missing one is caught).
+    pub drop: Vec<i64>,
+    /// File to append each violation line (and the log-mode summary) to, besides stderr.
+    pub report: Option<PathBuf>,
+    pub program: OsString,
+    pub args: Vec<OsString>,
+}
+
+/// The two filters: (clone3 → ENOSYS, policy with mismatch → USER_NOTIF).
+pub fn build_filters(policy: Policy, drop: &[i64]) -> io::Result<(BpfProgram, BpfProgram)> {
+    let err = |e: seccompiler::BackendError| io::Error::other(format!("seccompiler: {e}"));
+    let clone3 = SeccompFilter::new(
+        [(libc::SYS_clone3, vec![])].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(policy::CLONE3_ERRNO),
+        TargetArch::x86_64,
+    )
+    .map_err(err)?;
+    let mut rules = policy::rules(policy);
+    for &nr in drop {
+        rules.remove(nr);
+    }
+    let main = SeccompFilter::new(
+        rules.into_seccompiler(),
+        SeccompAction::Trace(MISMATCH_MARK),
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(err)?;
+    let clone3: BpfProgram = clone3.try_into().map_err(err)?;
+    let mut main: BpfProgram = main.try_into().map_err(err)?;
+    let mark = libc::SECCOMP_RET_TRACE | MISMATCH_MARK;
+    let mut marked = 0;
+    for insn in &mut main {
+        if insn.code == (libc::BPF_RET | libc::BPF_K) as u16 && insn.k == mark {
+            insn.k = libc::SECCOMP_RET_USER_NOTIF;
+            marked += 1;
+        }
+    }
+    if marked == 0 {
+        return Err(io::Error::other(
+            "filter has no mismatch action to redirect",
+        ));
+    }
+    Ok((clone3, main))
+}
+
+fn install(prog: &BpfProgram, flags: libc::c_ulong) -> io::Result<i32> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: fprog points at `prog`, alive for the call; seccompiler's sock_filter has the kernel
+    // layout (repr(C) u16, u8, u8, u32).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as i32)
+    }
+}
+
+/// `PATH` lookup done before forking, so the child makes exactly one `execve`.
+fn resolve(program: &OsString) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if p.as_os_str().as_bytes().contains(&b'/') {
+        return Some(p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(p))
+        .find(|c| c.is_file())
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Runs `opts.program` under the filter; returns the launcher's exit status.
+pub fn run(opts: &Options) -> io::Result<i32> {
+    let (clone3, main) = build_filters(opts.policy, &opts.drop)?;
+    let exe = resolve(&opts.program)
+        .ok_or_else(|| io::Error::other(format!("{:?}: not found", opts.program)))?;
+    let cstr = |s: &[u8]| CString::new(s).map_err(|_| io::Error::other("NUL in an argument"));
+    let exe_c = cstr(exe.as_os_str().as_bytes())?;
+    let mut argv_c = vec![cstr(opts.program.as_bytes())?];
+    for a in &opts.args {
+        argv_c.push(cstr(a.as_bytes())?);
+    }
+    let mut argv: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp_c: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut envp: Vec<*const libc::c_char> = envp_c.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+
+    let mut sv = [-1; 2];
+    // SAFETY: sv is a valid 2-int array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socketpair returned two fresh fds.
+    let (parent_end, child_end) =
+        unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    // SAFETY: getpid has no preconditions.
+    let parent_pid = unsafe { libc::getpid() };
+    // SAFETY: the launcher is single-threaded here; the child only makes raw syscalls on memory
+    // prepared above and then execs or _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; every pointer was prepared before the fork.
+        unsafe {
+            child(
+                &clone3,
+                &main,
+                child_end.as_raw_fd(),
+                parent_pid,
+                &exe_c,
+                &argv,
+                &envp,
+            )
+        };
+    }
+    drop(child_end);
+    CHILD.store(pid, Ordering::Relaxed);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: `forward` only calls kill.
+        unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
+    }
+    let listener = match recv_fd(parent_end.as_raw_fd()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let status = wait(pid);
+            return Err(io::Error::other(format!(
+                "child did not install the filter ({e}); it exited with {status}"
+            )));
+        }
+    };
+    let mut sup = Supervisor::new(opts, pid);
+    sup.serve(listener.as_raw_fd())?;
+    let status = wait(pid);
+    Ok(sup.finish(status))
+}
+
+/// The forked child: pdeathsig, no_new_privs, both filters, listener fd to the parent, exec.
+///
+/// # Safety
+/// Called right after fork in a single-threaded process; all pointers are valid.
+unsafe fn child(
+    clone3: &BpfProgram,
+    main: &BpfProgram,
+    sock: RawFd,
+    parent: libc::pid_t,
+    exe: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
+    let fail = |what: &[u8]| -> ! {
+        libc::write(2, what.as_ptr() as *const libc::c_void, what.len());
+        libc::_exit(127)
+    };
+    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 || libc::getppid() != parent {
+        fail(b"seccomp-run: PR_SET_PDEATHSIG failed or the launcher is gone\n");
+    }
+    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+        fail(b"seccomp-run: PR_SET_NO_NEW_PRIVS failed\n");
+    }
+    if install(clone3, 0).is_err() {
+        fail(b"seccomp-run: installing the clone3 filter failed\n");
+    }
+    let listener = match install(main, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER) {
+        Ok(fd) => fd,
+        Err(_) => fail(b"seccomp-run: installing the policy filter failed\n"),
+    };
+    // From here on the policy applies: sendmsg, close, execve (notified once, let through).
+    if send_fd(sock, listener).is_err() {
+        fail(b"seccomp-run: passing the listener fd failed\n");
+    }
+    libc::close(listener);
+    libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    fail(b"seccomp-run: execve failed\n")
+}
+
+fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = [0u64; 4];
+    // SAFETY: msghdr is plain data; every pointer set below outlives sendmsg.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
+        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: as in send_fd.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if n == 0 || cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Err(io::Error::other("no fd received"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Waits for `pid`; returns its status as a shell would (code, or 128 + signal).
+fn wait(pid: libc::pid_t) -> i32 {
+    let mut st = 0;
+    loop {
+        // SAFETY: st is a valid int.
+        let rc = unsafe { libc::waitpid(pid, &mut st, 0) };
+        if rc == pid {
+            break;
+        }
+        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return 255;
+        }
+    }
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else if libc::WIFSIGNALED(st) {
+        128 + libc::WTERMSIG(st)
+    } else {
+        255
+    }
+}
+
+/// The syscall and the arguments the policy checks, e.g. `mmap(prot=0x0, flags=0x4022)`.
+pub fn describe(nr: i64, a: &[u64; 6]) -> String {
+    let name = names::name(nr);
+    let args = match name.as_str() {
+        "mmap" => format!("prot={:#x}, flags={:#x}", a[2] as u32, a[3] as u32),
+        "mprotect" => format!("prot={:#x}", a[2] as u32),
+        "ioctl" => format!("request={:#x}", a[1] as u32),
+        "socket" => format!("domain={}, type={:#x}", a[0] as u32, a[1] as u32),
+        "fcntl" => format!("cmd={}", a[1] as u32),
+        "prctl" => format!("option={:#x}", a[0] as u32),
+        "madvise" => format!("advice={}", a[2] as u32),
+        "sendto" => format!(
+            "flags={:#x}, dest_addr={}",
+            a[3] as u32,
+            if a[4] == 0 { "NULL" } else { "set" }
+        ),
+        "shutdown" => format!("how={}", a[1] as u32),
+        "futex" => format!("op={:#x}", a[1] as u32),
+        "clone" => format!("flags={:#x}", a[0] as u32),
+        "setsockopt" | "getsockopt" => format!("level={}, optname={}", a[1] as u32, a[2] as u32),
+        "prlimit64" => format!(
+            "resource={}, new_limit={}",
+            a[1] as u32,
+            if a[2] == 0 { "NULL" } else { "set" }
+        ),
+        "getrandom" => format!("flags={:#x}", a[2] as u32),
+        "statx" | "newfstatat" => format!("flags={:#x}", a[2] as u32),
+        "rt_sigprocmask" => format!("how={}", a[0] as u32),
+        _ => String::new(),
+    };
+    format!("{name}({args})")
+}
+
+struct Supervisor<'a> {
+    opts: &'a Options,
+    child: libc::pid_t,
+    exec_seen: bool,
+    /// Violation shape → count.
+    seen: BTreeMap<String, u64>,
+    killed: bool,
+}
+
+impl<'a> Supervisor<'a> {
+    fn new(opts: &'a Options, child: libc::pid_t) -> Self {
+        Supervisor {
+            opts,
+            child,
+            exec_seen: false,
+            seen: BTreeMap::new(),
+            killed: false,
+        }
+    }
+
+    fn say(&self, line: &str) {
+        eprintln!("{line}");
+        if let Some(path) = &self.opts.report {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+
+    /// Handles notifications until every filtered task is gone (POLLHUP).
+    fn serve(&mut self, listener: RawFd) -> io::Result<()> {
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: listener,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: pfd is valid for the call.
+            let rc = unsafe { libc::poll(&mut pfd, 1, 1000) };
+            if rc < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(io::Error::last_os_error());
+            }
+            if pfd.revents & libc::POLLIN != 0 {
+                self.one(listener);
+            } else if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn one(&mut self, listener: RawFd) {
+        // SAFETY: seccomp_notif is plain data; the kernel requires it zeroed.
+        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: req has the layout SECCOMP_IOCTL_NOTIF_RECV writes.
+        if unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) } < 0 {
+            // ENOENT: the task died before we read it.
+            return;
+        }
+        let nr = req.data.nr as i64;
+        let mut resp: libc::seccomp_notif_resp = unsafe { std::mem::zeroed() };
+        resp.id = req.id;
+        if nr == libc::SYS_execve && !self.exec_seen && req.pid as libc::pid_t == self.child {
+            self.exec_seen = true;
+            resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
+        } else {
+            let shape = describe(nr, &req.data.args);
+            let first = !self.seen.contains_key(&shape);
+            *self.seen.entry(shape.clone()).or_insert(0) += 1;
+            if self.opts.log {
+                if first {
+                    self.say(&format!(
+                        "seccomp-run: policy {}: outside the policy (logged, allowed): {shape} by tid {}",
+                        self.opts.policy.name(),
+                        req.pid
+                    ));
+                }
+                resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
+            } else if !self.killed {
+                self.say(&format!(
+                    "seccomp-run: policy {}: forbidden syscall {shape} by tid {}: killing pid {}",
+                    self.opts.policy.name(),
+                    req.pid,
+                    self.child
+                ));
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(self.child, libc::SIGKILL) };
+                self.killed = true;
+                resp.error = -libc::EPERM;
+            } else {
+                resp.error = -libc::EPERM;
+            }
+        }
+        // SAFETY: resp has the layout SECCOMP_IOCTL_NOTIF_SEND reads. A failure means the task
+        // is gone, which is fine.
+        unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
+    }
+
+    /// Prints the summary; returns the launcher's exit status.
+    fn finish(&self, status: i32) -> i32 {
+        let total: u64 = self.seen.values().sum();
+        if total == 0 {
+            return status;
+        }
+        if self.opts.log {
+            self.say(&format!(
+                "seccomp-run: policy {}: {total} calls outside the policy:",
+                self.opts.policy.name()
+            ));
+            for (shape, n) in &self.seen {
+                self.say(&format!("seccomp-run:   {n:6} {shape}"));
+            }
+        }
+        if self.killed || status == 0 {
+            EXIT_VIOLATION
+        } else {
+            status
+        }
+    }
+}
