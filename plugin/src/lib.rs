@@ -18,6 +18,7 @@ pub mod control;
 pub mod host;
 pub mod iotlb;
 pub mod readiness;
+pub mod sandbox;
 pub mod vhost_user;
 pub mod virtqueue;
 pub mod vsock;
@@ -59,6 +60,8 @@ pub struct ProcessOptions {
     pub control_allow_uids: Vec<u32>,
     /// `--ready-fd`: written to and closed once every socket listens ([`readiness`]).
     pub ready_fd: Option<i32>,
+    /// `--sandbox`: the host sandbox policy to stay inside ([`sandbox`]).
+    pub sandbox: sandbox::SandboxMode,
 }
 
 /// The running plugin: one worker thread per VM.
@@ -76,6 +79,10 @@ impl Plugin {
     }
 
     pub fn start_with(configs: Vec<VmConfig>, opts: &ProcessOptions) -> Result<Plugin, StartError> {
+        sandbox::set_mode(opts.sandbox);
+        if opts.sandbox == sandbox::SandboxMode::Stock {
+            log::info!("--sandbox stock: a guest half-close is not passed to host sockets (no shutdown(2))");
+        }
         let router = Arc::new(SiblingRouter::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut prepared = Vec::new();

@@ -72,6 +72,10 @@ Options (each also as `--option=VALUE`; as `--vm` keys, without the dashes):
     --control-allow-uid UID[+UID]   uids allowed to call the control plane (own uid always)
     --ready-fd FD                   write one byte to FD and close it once every socket listens
                                     (also: READY=1 to $NOTIFY_SOCKET when set, as systemd expects)
+    --sandbox full|stock            stock: stay inside Cuttlefish's stock vhost_device_vsock
+                                    seccomp policy, giving up half-close (a guest SHUTDOWN(SEND)
+                                    is not passed to the host socket); full: everything, needs the
+                                    patched policy (cuttlefish/sandbox/) [default: full]
     ctl COMMAND ...                 talk to a running plugin: caps, status, connections, metrics,
                                     routes, policy ... (as the first argument)
     -h, --help                      print this help
@@ -255,6 +259,15 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
             if process.ready_fd.replace(fd).is_some() {
                 return Err(CliError::RepeatedOption(option));
             }
+            continue;
+        }
+        if name == "sandbox" {
+            let Some(value) = inline.or_else(|| args.next()) else {
+                return Err(CliError::MissingValue(option));
+            };
+            process.sandbox = crate::sandbox::SandboxMode::parse(&value).ok_or_else(|| {
+                CliError::BadProcessOption(format!("{option}: {value:?} is not full or stock"))
+            })?;
             continue;
         }
         if name == "vm" {

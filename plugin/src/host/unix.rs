@@ -75,9 +75,8 @@ pub fn socket_type(fd: &impl std::os::fd::AsRawFd) -> io::Result<libc::c_int> {
 /// Binds a listener at `path`. A stale socket file nobody listens on is replaced; a live one, or
 /// a path that is not a socket, is an error (never steal another process's socket).
 pub fn bind_listener(path: &Path) -> io::Result<UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
+    if let Some(is_socket) = lstat_is_socket(path) {
+        if !is_socket {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!("{} exists and is not a socket", path.display()),
@@ -94,6 +93,19 @@ pub fn bind_listener(path: &Path) -> io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// `Some(is a socket)` if `path` exists (not following a symlink), by `lstat(2)` (glibc:
+/// `newfstatat`): `std::fs::symlink_metadata` is `statx`, outside Cuttlefish's sandbox policy.
+fn lstat_is_socket(path: &Path) -> Option<bool> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: stat is plain data, written by lstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid stat buffer.
+    if unsafe { libc::lstat(c.as_ptr(), &mut st) } < 0 {
+        return None;
+    }
+    Some(st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
 fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {

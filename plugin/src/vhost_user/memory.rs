@@ -196,10 +196,22 @@ fn check_new(existing: &[Region], index: usize, spec: &RegionSpec) -> Result<(),
     Ok(())
 }
 
+/// The fd's size by `fstat(2)`: `File::metadata` is `statx`, outside Cuttlefish's sandbox policy.
+fn fd_len(file: &File) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: stat is plain data, written by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and a valid stat buffer.
+    if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.st_size as u64)
+}
+
 fn map_region(index: usize, spec: RegionSpec, file: File) -> Result<Region, MemoryError> {
     let map_err = |reason: String| MemoryError::Map { index, reason };
     let size = usize::try_from(spec.memory_size).map_err(|_| MemoryError::Overflow { index })?;
-    let len = file.metadata().map_err(|e| map_err(e.to_string()))?.len();
+    let len = fd_len(&file).map_err(|e| map_err(e.to_string()))?;
     // A regular file or memfd must cover the mapped range, or touching the tail would SIGBUS.
     if len != 0 && spec.mmap_offset.saturating_add(spec.memory_size) > len {
         return Err(map_err(format!(
