@@ -11,8 +11,8 @@
 //! and then, like sandbox2's monitor:
 //! - enforce mode: kills the process (SIGKILL) before the call runs; exit status [`EXIT_VIOLATION`];
 //! - `--log` mode: lets the call run (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`), counts it, and prints a
-//!   summary at the end; a run with violations also ends with [`EXIT_VIOLATION`] (unless the program
-//!   itself failed, whose status is kept).
+//!   summary at the end; a run with violations also ends with [`EXIT_VIOLATION`] (the program's own
+//!   status is printed).
 //!
 //! The one `execve` of the program itself is let through (first notification for `execve` from the
 //! child), as sandbox2's monitor lets through the one `execveat` of its sandboxee; any later exec is a
@@ -135,6 +135,16 @@ extern "C" fn forward(sig: libc::c_int) {
 
 /// Runs `opts.program` under the filter; returns the launcher's exit status.
 pub fn run(opts: &Options) -> io::Result<i32> {
+    // The child makes these between installing the filter and exec: without them it would block
+    // on a notification the parent is not yet reading.
+    for nr in [libc::SYS_sendmsg, libc::SYS_close] {
+        if opts.drop.contains(&nr) {
+            return Err(io::Error::other(format!(
+                "--drop {}: the launcher itself needs it between the filter and exec",
+                names::name(nr)
+            )));
+        }
+    }
     let (clone3, main) = build_filters(opts.policy, &opts.drop)?;
     let exe = resolve(&opts.program)
         .ok_or_else(|| io::Error::other(format!("{:?}: not found", opts.program)))?;
@@ -484,10 +494,11 @@ impl<'a> Supervisor<'a> {
                 self.say(&format!("seccomp-run:   {n:6} {shape}"));
             }
         }
-        if self.killed || status == 0 {
-            EXIT_VIOLATION
-        } else {
-            status
+        if !self.killed {
+            self.say(&format!(
+                "seccomp-run: the program's own exit status was {status}"
+            ));
         }
+        EXIT_VIOLATION
     }
 }
