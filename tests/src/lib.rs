@@ -11,5 +11,4 @@
 pub mod bench;
 pub mod frontend;
 pub mod real_guest;
-#[cfg(target_arch = "x86_64")]
 pub mod sandbox;

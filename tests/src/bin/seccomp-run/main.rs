@@ -1,14 +1,21 @@
 //! `seccomp-run --policy stock|patched [--log] [--drop SYSCALL]... [--report FILE] -- PROGRAM ARGS...`
 //!
 //! Runs PROGRAM under Cuttlefish's `vhost_device_vsock` sandbox policy (stock, or with the patch in
-//! `cuttlefish/sandbox/`) as a seccomp filter; see `vsock_plugin_tests::sandbox`. A call outside
+//! `cuttlefish/sandbox/`) as a seccomp filter ([`policy`], [`launcher`]). A call outside
 //! the policy kills PROGRAM and names the syscall (exit status 159 = 128 + SIGSYS); with `--log`
 //! it is allowed, counted and listed at the end (and the run still ends with 159). `--drop` removes
 //! a syscall from the policy (to show the check catches a missing one).
 
 #[cfg(target_arch = "x86_64")]
+mod launcher;
+#[cfg(target_arch = "x86_64")]
+mod names;
+#[cfg(target_arch = "x86_64")]
+mod policy;
+
+#[cfg(target_arch = "x86_64")]
 fn main() {
-    use vsock_plugin_tests::sandbox::{launcher, names, policy::Policy};
+    use policy::Policy;
     let usage = "usage: seccomp-run --policy stock|patched [--log] [--drop SYSCALL]... \
                  [--report FILE] -- PROGRAM [ARGS...]";
     let mut args = std::env::args_os().skip(1);

@@ -1,10 +1,7 @@
-//! Cuttlefish's `vhost_device_vsock` sandbox policy as a seccomp filter, and a launcher that runs
-//! a program under it (`seccomp-run`), naming every call outside the policy. x86_64 only (the
-//! policy is written in x86_64 syscall numbers, as Cuttlefish's host tools are).
-
-pub mod launcher;
-pub mod names;
-pub mod policy;
+//! Support for running the plugin under `seccomp-run` (`tests/src/bin/seccomp-run/`: Cuttlefish's
+//! `vhost_device_vsock` sandbox policy as a seccomp filter, and a launcher naming every call outside
+//! it). The policy and launcher live in that binary, not here, so this library (also a Soong module)
+//! needs no `seccompiler`.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -131,6 +131,7 @@ impl Rules {
         self
     }
 
+    #[cfg(test)]
     pub fn contains(&self, nr: i64) -> bool {
         self.map.contains_key(&nr)
     }
