@@ -21,12 +21,14 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::names;
 use super::policy::{self, Policy};
@@ -167,43 +169,19 @@ pub fn run(opts: &Options) -> io::Result<i32> {
     let mut envp: Vec<*const libc::c_char> = envp_c.iter().map(|c| c.as_ptr()).collect();
     envp.push(std::ptr::null());
 
-    let mut sv = [-1; 2];
-    // SAFETY: sv is a valid 2-int array.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: socketpair returned two fresh fds.
-    let (parent_end, child_end) =
-        unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    // The child passes the listener fd over this pair (sendmsg + SCM_RIGHTS: inside the policy).
+    let (parent_end, child_end) = UnixStream::pair()?;
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
-    // SAFETY: the launcher is single-threaded here; the child only makes raw syscalls on memory
-    // prepared above and then execs or _exits.
+    // SAFETY: the launcher has no other threads (no lock can be held across the fork); the child
+    // runs only `child`, which execs or _exits.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
         // SAFETY: see above; every pointer was prepared before the fork.
-        unsafe {
-            child(
-                &clone3,
-                &main,
-                child_end.as_raw_fd(),
-                parent_pid,
-                &exe_c,
-                &argv,
-                &envp,
-            )
-        };
+        unsafe { child(&clone3, &main, &child_end, parent_pid, &exe_c, &argv, &envp) };
     }
     drop(child_end);
     CHILD.store(pid, Ordering::Relaxed);
@@ -211,9 +189,11 @@ pub fn run(opts: &Options) -> io::Result<i32> {
         // SAFETY: `forward` only calls kill.
         unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
     }
-    let listener = match recv_fd(parent_end.as_raw_fd()) {
-        Ok(fd) => fd,
-        Err(e) => {
+    let mut byte = [0u8; 1];
+    let listener = match parent_end.recv_with_fd(&mut byte) {
+        Ok((_, Some(fd))) => fd,
+        Ok((_, None)) | Err(_) => {
+            let e = "no listener fd received";
             let status = wait(pid);
             return Err(io::Error::other(format!(
                 "child did not install the filter ({e}); it exited with {status}"
@@ -233,7 +213,7 @@ pub fn run(opts: &Options) -> io::Result<i32> {
 unsafe fn child(
     clone3: &BpfProgram,
     main: &BpfProgram,
-    sock: RawFd,
+    sock: &UnixStream,
     parent: libc::pid_t,
     exe: &CString,
     argv: &[*const libc::c_char],
@@ -257,67 +237,12 @@ unsafe fn child(
         Err(_) => fail(b"seccomp-run: installing the policy filter failed\n"),
     };
     // From here on the policy applies: sendmsg, close, execve (notified once, let through).
-    if send_fd(sock, listener).is_err() {
+    if sock.send_with_fd(&[0u8][..], listener).is_err() {
         fail(b"seccomp-run: passing the listener fd failed\n");
     }
     libc::close(listener);
     libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
     fail(b"seccomp-run: execve failed\n")
-}
-
-fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = [0u64; 4];
-    // SAFETY: msghdr is plain data; every pointer set below outlives sendmsg.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
-        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
-        iov_len: 1,
-    };
-    let mut cbuf = [0u64; 4];
-    // SAFETY: as in send_fd.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = std::mem::size_of_val(&cbuf);
-        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if n == 0 || cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
-            return Err(io::Error::other("no fd received"));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
 }
 
 /// Waits for `pid`; returns its status as a shell would (code, or 128 + signal).
