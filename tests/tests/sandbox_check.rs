@@ -126,3 +126,43 @@ fn a_clean_program_keeps_its_exit_status_and_clone3_gets_enosys() {
         p.stderr_tail(4000)
     );
 }
+
+#[test]
+fn the_launcher_keeps_no_copy_of_the_programs_ready_fd() {
+    // A readiness pipe passed through the launcher: the plugin writes its byte and closes it; the
+    // reader must then see EOF (the launcher must not hold its own copy open).
+    let dir = TempDir::new().unwrap();
+    let mut fds = [-1; 2];
+    // SAFETY: fds is a valid 2-int array; no O_CLOEXEC so the write end is inherited.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fresh fds from pipe().
+    let mut reader = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+    let mut child = Command::new(SECCOMP_RUN)
+        .args(["--policy", "stock", "--"])
+        .arg(plugin_binary())
+        .args(["--sandbox", "stock", "--guest-cid", "3", "--ready-fd"])
+        .arg(fds[1].to_string())
+        .arg("--socket")
+        .arg(dir.join("v.sock"))
+        .arg("--uds-path")
+        .arg(dir.join("h.sock"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // SAFETY: our copy of the write end.
+    unsafe { libc::close(fds[1]) };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let r = std::io::Read::read_to_end(&mut reader, &mut got);
+        let _ = tx.send((r.is_ok(), got));
+    });
+    let result = rx.recv_timeout(secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        result,
+        Ok((true, b"\n".to_vec())),
+        "byte then EOF through the launcher"
+    );
+}

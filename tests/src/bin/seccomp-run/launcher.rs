@@ -184,6 +184,9 @@ pub fn run(opts: &Options) -> io::Result<i32> {
         unsafe { child(&clone3, &main, &child_end, parent_pid, &exe_c, &argv, &envp) };
     }
     drop(child_end);
+    // The program's inherited fds are its own: a readiness pipe (`--ready-fd`) or a listening
+    // socket (`--socket-fd`) held open here too would keep its peer from seeing EOF or a close.
+    close_inherited_fds(parent_end.as_raw_fd());
     CHILD.store(pid, Ordering::Relaxed);
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // SAFETY: `forward` only calls kill.
@@ -243,6 +246,22 @@ unsafe fn child(
     libc::close(listener);
     libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
     fail(b"seccomp-run: execve failed\n")
+}
+
+/// Closes every fd above stderr except `keep`.
+fn close_inherited_fds(keep: RawFd) {
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd > 2 && *fd != keep)
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        // SAFETY: closing fds this process does not use (the read_dir fd is already closed:
+        // EBADF, harmless).
+        unsafe { libc::close(fd) };
+    }
 }
 
 /// Waits for `pid`; returns its status as a shell would (code, or 128 + signal).
