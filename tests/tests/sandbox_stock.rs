@@ -8,12 +8,16 @@ mod sandbox_common;
 use common::*;
 use sandbox_common::*;
 
-fn sandboxed(extra: &[&str]) -> PluginProcess {
+fn setup() {
     use_sandbox("stock", &["--sandbox", "stock"]);
+}
+
+fn sandboxed(extra: &[&str]) -> PluginProcess {
+    setup();
     plugin(extra)
 }
 
-sandbox_traffic_tests!(sandboxed);
+sandbox_traffic_tests!(sandboxed, setup);
 
 #[test]
 fn guest_half_close_is_not_passed_on_but_full_close_is() {

@@ -226,10 +226,11 @@ pub fn frontend_reconnect(p: &PluginProcess) {
 }
 
 /// The traffic tests both sandbox test binaries run: `$sandboxed` is a `fn(&[&str]) ->
-/// PluginProcess` starting a single-VM plugin under that binary's sandbox.
+/// PluginProcess` starting a single-VM plugin under that binary's sandbox, `$setup` a `fn()`
+/// pointing `VSOCK_PLUGIN_BIN` at it.
 #[macro_export]
 macro_rules! sandbox_traffic_tests {
-    ($sandboxed:ident) => {
+    ($sandboxed:ident, $setup:ident) => {
         #[test]
         fn traffic_both_directions() {
             let p = $sandboxed(&[]);
@@ -248,7 +249,7 @@ macro_rules! sandbox_traffic_tests {
 
         #[test]
         fn several_vms_with_siblings() {
-            drop($sandboxed(&[]));
+            $setup();
             let p = several_vms();
             assert_clean(&p);
         }
