@@ -347,7 +347,8 @@ impl<'a> Supervisor<'a> {
                 .append(true)
                 .open(path)
             {
-                let _ = writeln!(f, "{line}");
+                // One write per line: several launchers may append to the same report.
+                let _ = f.write_all(format!("{line}\n").as_bytes());
             }
         }
     }
