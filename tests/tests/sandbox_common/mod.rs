@@ -17,7 +17,8 @@ pub fn use_sandbox(policy: &str, plugin_args: &[&str]) -> PathBuf {
     static WRAPPER: OnceLock<PathBuf> = OnceLock::new();
     WRAPPER
         .get_or_init(|| {
-            let plugin = vsock_plugin_tests::frontend::plugin_process::plugin_binary(); // builds it under cargo
+            // Builds the plugin under cargo.
+            let plugin = vsock_plugin_tests::frontend::plugin_process::plugin_binary();
             let dir = std::env::temp_dir().join(format!("vsock-sandbox-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let w = vsock_plugin_tests::sandbox::write_wrapper(

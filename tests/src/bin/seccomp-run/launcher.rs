@@ -1,44 +1,26 @@
 //! Runs a program under a [`super::policy`] filter and reports every call outside it by name.
 //!
-//! How: the launcher forks; the child sets `PR_SET_PDEATHSIG(SIGKILL)` and `PR_SET_NO_NEW_PRIVS`,
-//! installs two filters and execs the program. Filter 1 answers `clone3` with ENOSYS and allows
-//! everything else; filter 2 allows the policy and sends everything else to the launcher as a
-//! seccomp user notification (`SECCOMP_RET_USER_NOTIF`, listener fd passed to the parent with
-//! SCM_RIGHTS). The kernel takes the strongest action of all filters (ERRNO beats USER_NOTIF beats
-//! ALLOW), so `clone3` gets ENOSYS whatever filter 2 says, as under sandbox2.
-//!
-//! The parent (not filtered) reads each notification, names the syscall and its checked arguments,
-//! and then, like sandbox2's monitor:
-//! - enforce mode: kills the process (SIGKILL) before the call runs; exit status [`EXIT_VIOLATION`];
-//! - `--log` mode: lets the call run (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`), counts it, and prints a
-//!   summary at the end; a run with violations also ends with [`EXIT_VIOLATION`] (the program's own
-//!   status is printed).
-//!
-//! The one `execve` of the program itself is let through (first notification for `execve` from the
-//! child), as sandbox2's monitor lets through the one `execveat` of its sandboxee; any later exec is a
-//! violation like any other call.
+//! The launcher forks; the child sets `PR_SET_PDEATHSIG(SIGKILL)` and `PR_SET_NO_NEW_PRIVS`,
+//! installs the two filters of [`super::filter`], passes the notification listener fd to the
+//! parent (SCM_RIGHTS over a socket pair) and execs the program. The parent closes its copies of
+//! the program's inherited fds, forwards SIGTERM/SIGINT/SIGHUP, and runs
+//! [`super::supervisor::Supervisor`] until the program is gone.
 
-use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::BpfProgram;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+use super::filter::{build_filters, install};
 use super::names;
-use super::policy::{self, Policy};
-
-/// Exit status of a run that made a call outside the policy (128 + SIGSYS, the status sandbox2's
-/// `SIGSYS`-killed sandboxee would have).
-pub const EXIT_VIOLATION: i32 = 128 + libc::SIGSYS;
-
-/// Marks filter 2's mismatch action in seccompiler's output, replaced by USER_NOTIF.
-const MISMATCH_MARK: u32 = 0x5ecc;
+use super::policy::Policy;
+use super::supervisor::Supervisor;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -50,67 +32,6 @@ pub struct Options {
     pub report: Option<PathBuf>,
     pub program: OsString,
     pub args: Vec<OsString>,
-}
-
-/// The two filters: (clone3 → ENOSYS, policy with mismatch → USER_NOTIF).
-pub fn build_filters(policy: Policy, drop: &[i64]) -> io::Result<(BpfProgram, BpfProgram)> {
-    let err = |e: seccompiler::BackendError| io::Error::other(format!("seccompiler: {e}"));
-    let clone3 = SeccompFilter::new(
-        [(libc::SYS_clone3, vec![])].into_iter().collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(policy::CLONE3_ERRNO),
-        TargetArch::x86_64,
-    )
-    .map_err(err)?;
-    let mut rules = policy::rules(policy);
-    for &nr in drop {
-        rules.remove(nr);
-    }
-    let main = SeccompFilter::new(
-        rules.into_seccompiler(),
-        SeccompAction::Trace(MISMATCH_MARK),
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(err)?;
-    let clone3: BpfProgram = clone3.try_into().map_err(err)?;
-    let mut main: BpfProgram = main.try_into().map_err(err)?;
-    let mark = libc::SECCOMP_RET_TRACE | MISMATCH_MARK;
-    let mut marked = 0;
-    for insn in &mut main {
-        if insn.code == (libc::BPF_RET | libc::BPF_K) as u16 && insn.k == mark {
-            insn.k = libc::SECCOMP_RET_USER_NOTIF;
-            marked += 1;
-        }
-    }
-    if marked == 0 {
-        return Err(io::Error::other(
-            "filter has no mismatch action to redirect",
-        ));
-    }
-    Ok((clone3, main))
-}
-
-fn install(prog: &BpfProgram, flags: libc::c_ulong) -> io::Result<i32> {
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: fprog points at `prog`, alive for the call; seccompiler's sock_filter has the kernel
-    // layout (repr(C) u16, u8, u8, u32).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            flags,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc as i32)
-    }
 }
 
 /// `PATH` lookup done before forking, so the child makes exactly one `execve`.
@@ -283,167 +204,5 @@ fn wait(pid: libc::pid_t) -> i32 {
         128 + libc::WTERMSIG(st)
     } else {
         255
-    }
-}
-
-/// The syscall and the arguments the policy checks, e.g. `mmap(prot=0x0, flags=0x4022)`.
-pub fn describe(nr: i64, a: &[u64; 6]) -> String {
-    let name = names::name(nr);
-    let args = match name.as_str() {
-        "mmap" => format!("prot={:#x}, flags={:#x}", a[2] as u32, a[3] as u32),
-        "mprotect" => format!("prot={:#x}", a[2] as u32),
-        "ioctl" => format!("request={:#x}", a[1] as u32),
-        "socket" => format!("domain={}, type={:#x}", a[0] as u32, a[1] as u32),
-        "fcntl" => format!("cmd={}", a[1] as u32),
-        "prctl" => format!("option={:#x}", a[0] as u32),
-        "madvise" => format!("advice={}", a[2] as u32),
-        "sendto" => format!(
-            "flags={:#x}, dest_addr={}",
-            a[3] as u32,
-            if a[4] == 0 { "NULL" } else { "set" }
-        ),
-        "shutdown" => format!("how={}", a[1] as u32),
-        "futex" => format!("op={:#x}", a[1] as u32),
-        "clone" => format!("flags={:#x}", a[0] as u32),
-        "setsockopt" | "getsockopt" => format!("level={}, optname={}", a[1] as u32, a[2] as u32),
-        "prlimit64" => format!(
-            "resource={}, new_limit={}",
-            a[1] as u32,
-            if a[2] == 0 { "NULL" } else { "set" }
-        ),
-        "getrandom" => format!("flags={:#x}", a[2] as u32),
-        "statx" | "newfstatat" => format!("flags={:#x}", a[2] as u32),
-        "rt_sigprocmask" => format!("how={}", a[0] as u32),
-        _ => String::new(),
-    };
-    format!("{name}({args})")
-}
-
-struct Supervisor<'a> {
-    opts: &'a Options,
-    child: libc::pid_t,
-    exec_seen: bool,
-    /// Violation shape → count.
-    seen: BTreeMap<String, u64>,
-    killed: bool,
-}
-
-impl<'a> Supervisor<'a> {
-    fn new(opts: &'a Options, child: libc::pid_t) -> Self {
-        Supervisor {
-            opts,
-            child,
-            exec_seen: false,
-            seen: BTreeMap::new(),
-            killed: false,
-        }
-    }
-
-    fn say(&self, line: &str) {
-        eprintln!("{line}");
-        if let Some(path) = &self.opts.report {
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                // One write per line: several launchers may append to the same report.
-                let _ = f.write_all(format!("{line}\n").as_bytes());
-            }
-        }
-    }
-
-    /// Handles notifications until every filtered task is gone (POLLHUP).
-    fn serve(&mut self, listener: RawFd) -> io::Result<()> {
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: listener,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: pfd is valid for the call.
-            let rc = unsafe { libc::poll(&mut pfd, 1, 1000) };
-            if rc < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(io::Error::last_os_error());
-            }
-            if pfd.revents & libc::POLLIN != 0 {
-                self.one(listener);
-            } else if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-                return Ok(());
-            }
-        }
-    }
-
-    fn one(&mut self, listener: RawFd) {
-        // SAFETY: seccomp_notif is plain data; the kernel requires it zeroed.
-        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
-        // SAFETY: req has the layout SECCOMP_IOCTL_NOTIF_RECV writes.
-        if unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) } < 0 {
-            // ENOENT: the task died before we read it.
-            return;
-        }
-        let nr = req.data.nr as i64;
-        let mut resp: libc::seccomp_notif_resp = unsafe { std::mem::zeroed() };
-        resp.id = req.id;
-        if nr == libc::SYS_execve && !self.exec_seen && req.pid as libc::pid_t == self.child {
-            self.exec_seen = true;
-            resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
-        } else {
-            let shape = describe(nr, &req.data.args);
-            let first = !self.seen.contains_key(&shape);
-            *self.seen.entry(shape.clone()).or_insert(0) += 1;
-            if self.opts.log {
-                if first {
-                    self.say(&format!(
-                        "seccomp-run: policy {}: outside the policy (logged, allowed): {shape} by tid {}",
-                        self.opts.policy.name(),
-                        req.pid
-                    ));
-                }
-                resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
-            } else if !self.killed {
-                self.say(&format!(
-                    "seccomp-run: policy {}: forbidden syscall {shape} by tid {}: killing pid {}",
-                    self.opts.policy.name(),
-                    req.pid,
-                    self.child
-                ));
-                // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(self.child, libc::SIGKILL) };
-                self.killed = true;
-                resp.error = -libc::EPERM;
-            } else {
-                resp.error = -libc::EPERM;
-            }
-        }
-        // SAFETY: resp has the layout SECCOMP_IOCTL_NOTIF_SEND reads. A failure means the task
-        // is gone, which is fine.
-        unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
-    }
-
-    /// Prints the summary; returns the launcher's exit status.
-    fn finish(&self, status: i32) -> i32 {
-        let total: u64 = self.seen.values().sum();
-        if total == 0 {
-            return status;
-        }
-        if self.opts.log {
-            self.say(&format!(
-                "seccomp-run: policy {}: {total} calls outside the policy:",
-                self.opts.policy.name()
-            ));
-            for (shape, n) in &self.seen {
-                self.say(&format!("seccomp-run:   {n:6} {shape}"));
-            }
-        }
-        if !self.killed {
-            self.say(&format!(
-                "seccomp-run: the program's own exit status was {status}"
-            ));
-        }
-        EXIT_VIOLATION
     }
 }

@@ -1,17 +1,22 @@
 //! `seccomp-run --policy stock|patched [--log] [--drop SYSCALL]... [--report FILE] -- PROGRAM ARGS...`
 //!
 //! Runs PROGRAM under Cuttlefish's `vhost_device_vsock` sandbox policy (stock, or with the patch in
-//! `cuttlefish/sandbox/`) as a seccomp filter ([`policy`], [`launcher`]). A call outside
-//! the policy kills PROGRAM and names the syscall (exit status 159 = 128 + SIGSYS); with `--log`
-//! it is allowed, counted and listed at the end (and the run still ends with 159). `--drop` removes
-//! a syscall from the policy (to show the check catches a missing one).
+//! `cuttlefish/sandbox/`) as a seccomp filter ([`policy`], [`filter`], [`launcher`],
+//! [`supervisor`]). A call outside the policy kills PROGRAM and names the syscall (exit status
+//! 159 = 128 + SIGSYS); with `--log` it is allowed, counted and listed at the end (and the run
+//! still ends with 159). `--drop` removes a syscall from the policy (to show the check catches a
+//! missing one).
 
+#[cfg(target_arch = "x86_64")]
+mod filter;
 #[cfg(target_arch = "x86_64")]
 mod launcher;
 #[cfg(target_arch = "x86_64")]
 mod names;
 #[cfg(target_arch = "x86_64")]
 mod policy;
+#[cfg(target_arch = "x86_64")]
+mod supervisor;
 
 #[cfg(target_arch = "x86_64")]
 fn main() {

@@ -10,10 +10,10 @@
 //!   every user policy, `sandboxed_api/sandbox2/policy.cc` (`GetDefaultPolicy`). Cuttlefish pins
 //!   sandboxed-api at 75b6c16e8e95314456795b34af06571879b18e1f (`base/cvd/MODULE.bazel`
 //!   @012bc9088426f628f0bd8ff8a51ed5e332eb7a2f); the index holds policybuilder.cc at
-//!   ee58a410d93c4436c8c8875ab76760404b43d7a8, 00747d52412452eff185f07a5b67c89c769c4e5e and a newer
-//!   version (55 198 bytes) that has every helper the baseline calls (`AllowDynamicStartup(MapExec)`,
-//!   `Allow(MapExec)`, `AllowEpollWait`, `AllowDup`, `AllowEventFd`, `AllowReadlink`, the
-//!   `kAllowSlowFences` restartable sequences). The transcription follows that newer version; where
+//!   ee58a410d93c4436c8c8875ab76760404b43d7a8, 00747d52412452eff185f07a5b67c89c769c4e5e and a
+//!   newer version (55 198 bytes) that has every helper the baseline calls
+//!   (`AllowDynamicStartup(MapExec)`, `Allow(MapExec)`, `AllowEpollWait`, `AllowDup`,
+//!   `AllowEventFd`, `AllowReadlink`, the `kAllowSlowFences` restartable sequences). The transcription follows that newer version; where
 //!   the older ones differ it is said below. Not checked against the pinned commit itself.
 //!
 //! sandbox2 evaluates the rules in order and the first `ALLOW`/`ERRNO` wins; every rule it adds
