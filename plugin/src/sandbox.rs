@@ -13,7 +13,10 @@
 //!   when the guest closes the connection fully (SHUTDOWN of both directions or RST), when the
 //!   connection is closed. A host application that waits for EOF before answering waits until then.
 //!
-//! The mode is process-wide (set once by `main` before any worker starts).
+//! The mode is process-wide (set once by `main` before any worker starts). `--sandbox` sets it;
+//! without the flag, `$VSOCK_PLUGIN_SANDBOX` does (for launchers whose command line is fixed, like
+//! Cuttlefish's, which starts the replaced `bin/vhost_device_vsock` with vhost-device-vsock's
+//! arguments); without either it is `full`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,6 +36,25 @@ impl SandboxMode {
             "full" => Some(SandboxMode::Full),
             "stock" => Some(SandboxMode::Stock),
             _ => None,
+        }
+    }
+}
+
+/// The environment variable naming the mode when `--sandbox` is not given.
+pub const ENV: &str = "VSOCK_PLUGIN_SANDBOX";
+
+impl SandboxMode {
+    /// The mode `$VSOCK_PLUGIN_SANDBOX` names (unset or empty: `full`).
+    pub fn from_env() -> Result<SandboxMode, String> {
+        match std::env::var(ENV) {
+            Err(std::env::VarError::NotPresent) => Ok(SandboxMode::Full),
+            Ok(v) if v.is_empty() => Ok(SandboxMode::Full),
+            Ok(v) => {
+                SandboxMode::parse(&v).ok_or_else(|| format!("{ENV}={v:?} is not full or stock"))
+            }
+            Err(std::env::VarError::NotUnicode(v)) => {
+                Err(format!("{ENV}={v:?} is not full or stock"))
+            }
         }
     }
 }

@@ -24,6 +24,14 @@ fn launcher_exit(p: &PluginProcess) -> (Option<i32>, String) {
 }
 
 fn under(launcher_args: &[&str], plugin_args: &[&str]) -> PluginProcess {
+    under_with_env(launcher_args, plugin_args, &[])
+}
+
+fn under_with_env(
+    launcher_args: &[&str],
+    plugin_args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> PluginProcess {
     let dir = TempDir::new().unwrap();
     let vm = VmPaths {
         guest_cid: 3,
@@ -42,7 +50,7 @@ fn under(launcher_args: &[&str], plugin_args: &[&str]) -> PluginProcess {
         "--uds-path".into(),
         vm.uds.display().to_string(),
     ]);
-    PluginProcess::spawn_program(SECCOMP_RUN.as_ref(), dir, args, vec![vm]).unwrap()
+    PluginProcess::spawn_program(SECCOMP_RUN.as_ref(), dir, args, vec![vm], env).unwrap()
 }
 
 #[test]
@@ -57,6 +65,48 @@ fn full_mode_under_the_stock_policy_is_killed_at_half_close_naming_shutdown() {
     assert!(
         stderr.contains("seccomp-run: policy stock: forbidden syscall shutdown(how=1)"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn the_environment_selects_stock_mode_when_the_command_line_cannot() {
+    // Cuttlefish starts the replaced binary with vhost-device-vsock's arguments only.
+    let p = under_with_env(
+        &["--policy", "stock"],
+        &[],
+        &[("VSOCK_PLUGIN_SANDBOX", "stock".as_ref())],
+    );
+    let mut vm = qemu_vm(&p);
+    let (id, mut host, _l) = guest_to_host(&mut vm, &p, 6600);
+    vm.driver.send(id, b"data").unwrap();
+    vm.driver.shutdown(id, SHUTDOWN_SEND).unwrap();
+    assert_eq!(read_exact_timeout(&mut host, 4, secs(5)).unwrap(), b"data");
+    let (_, eof) = read_to_eof(&mut host, ms(500));
+    assert!(!eof, "half-close passed on in stock mode");
+    p.assert_alive();
+    assert!(
+        !p.stderr_tail(4000).contains("seccomp-run:"),
+        "{}",
+        p.stderr_tail(4000)
+    );
+    // A bad value is a usage error, as a bad --sandbox is.
+    let out = Command::new(plugin_binary())
+        .env("VSOCK_PLUGIN_SANDBOX", "strict")
+        .args([
+            "--guest-cid",
+            "3",
+            "--socket",
+            "/tmp/vp-e.sock",
+            "--uds-path",
+            "/tmp/vp-e.vsock",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("VSOCK_PLUGIN_SANDBOX=\"strict\" is not full or stock"),
+        "{err}"
     );
 }
 

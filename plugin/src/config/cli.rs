@@ -75,7 +75,8 @@ Options (each also as `--option=VALUE`; as `--vm` keys, without the dashes):
     --sandbox full|stock            stock: stay inside Cuttlefish's stock vhost_device_vsock
                                     seccomp policy, giving up half-close (a guest SHUTDOWN(SEND)
                                     is not passed to the host socket); full: everything, needs the
-                                    patched policy (cuttlefish/sandbox/) [default: full]
+                                    patched policy (cuttlefish/sandbox/) [default: full, or
+                                    $VSOCK_PLUGIN_SANDBOX when set]
     ctl COMMAND ...                 talk to a running plugin: caps, status, connections, metrics,
                                     routes, policy ... (as the first argument)
     -h, --help                      print this help
@@ -197,6 +198,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         return Ok(Command::Ctl(args.skip(1).collect()));
     }
     let mut process = crate::ProcessOptions::default();
+    let mut sandbox_flag = None;
     let mut config_file: Option<String> = None;
     let mut vm_specs: Vec<String> = Vec::new();
     let mut flags: Vec<(&'static str, String)> = Vec::new();
@@ -265,9 +267,12 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
             let Some(value) = inline.or_else(|| args.next()) else {
                 return Err(CliError::MissingValue(option));
             };
-            process.sandbox = crate::sandbox::SandboxMode::parse(&value).ok_or_else(|| {
+            let mode = crate::sandbox::SandboxMode::parse(&value).ok_or_else(|| {
                 CliError::BadProcessOption(format!("{option}: {value:?} is not full or stock"))
             })?;
+            if sandbox_flag.replace(mode).is_some() {
+                return Err(CliError::RepeatedOption(option));
+            }
             continue;
         }
         if name == "vm" {
@@ -352,6 +357,10 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         })?;
     }
     check_distinct(&vms)?;
+    process.sandbox = match sandbox_flag {
+        Some(mode) => mode,
+        None => crate::sandbox::SandboxMode::from_env().map_err(CliError::BadProcessOption)?,
+    };
     Ok(Command::Run(vms, process))
 }
 

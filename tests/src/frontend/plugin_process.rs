@@ -173,15 +173,16 @@ impl PluginProcess {
         Self::spawn_impl(&plugin_binary(), dir, args, vms, inherit, env)
     }
 
-    /// As [`Self::spawn`], running `program` (e.g. a launcher that runs the plugin) instead of
-    /// the plugin binary.
+    /// As [`Self::spawn_with_env`] without an inherited fd, running `program` (e.g. a launcher
+    /// that runs the plugin) instead of the plugin binary.
     pub fn spawn_program(
         program: &Path,
         dir: TempDir,
         args: Vec<String>,
         vms: Vec<VmPaths>,
+        env: &[(&str, &std::ffi::OsStr)],
     ) -> io::Result<Self> {
-        Self::spawn_impl(program, dir, args, vms, None, &[])
+        Self::spawn_impl(program, dir, args, vms, None, env)
     }
 
     fn spawn_impl(
