@@ -19,18 +19,25 @@ pub fn use_sandbox(policy: &str, plugin_args: &[&str]) -> PathBuf {
         .get_or_init(|| {
             // Builds the plugin under cargo.
             let plugin = vsock_plugin_tests::frontend::plugin_process::plugin_binary();
-            let dir = std::env::temp_dir().join(format!("vsock-sandbox-{}", std::process::id()));
+            // Under cargo's per-target tmp dir (kept across runs, one wrapper per policy and
+            // mode): written under a temporary name and renamed, so a concurrent run of the same
+            // binary never execs a half-written script.
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("sandbox-{policy}{}", plugin_args.join("")));
             std::fs::create_dir_all(&dir).unwrap();
-            let w = vsock_plugin_tests::sandbox::write_wrapper(
+            let name = format!("vsock-plugin-sandboxed.{}", std::process::id());
+            let tmp = vsock_plugin_tests::sandbox::write_wrapper(
                 &dir,
-                "vsock-plugin-sandboxed",
+                &name,
                 std::path::Path::new(env!("CARGO_BIN_EXE_seccomp-run")),
                 &["--policy", policy],
                 &plugin,
                 plugin_args,
             )
             .unwrap();
-            // SAFETY-free in edition 2021; set before any plugin is spawned (OnceLock).
+            let w = dir.join("vsock-plugin-sandboxed");
+            std::fs::rename(&tmp, &w).unwrap();
+            // Set before any plugin of this test binary is spawned (OnceLock).
             std::env::set_var("VSOCK_PLUGIN_BIN", &w);
             w
         })
