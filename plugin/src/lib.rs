@@ -19,6 +19,7 @@ pub mod host;
 pub mod iotlb;
 pub mod log_limit;
 pub mod readiness;
+pub mod sandbox;
 pub mod vhost_user;
 pub mod virtqueue;
 pub mod vsock;
@@ -70,6 +71,8 @@ pub struct ProcessOptions {
     /// `--socket-group-access`: socket files are 0660 (the plugin's group may connect) instead
     /// of 0600.
     pub socket_group_access: bool,
+    /// `--sandbox`: the host sandbox policy to stay inside ([`sandbox`]).
+    pub sandbox: sandbox::SandboxMode,
 }
 
 impl ProcessOptions {
@@ -102,6 +105,10 @@ impl Plugin {
     /// As [`Self::start`], with process-wide options. On failure, the socket files created so
     /// far are removed again.
     pub fn start_with(configs: Vec<VmConfig>, opts: &ProcessOptions) -> Result<Plugin, StartError> {
+        sandbox::set_mode(opts.sandbox);
+        if opts.sandbox == sandbox::SandboxMode::Stock {
+            log::info!("--sandbox stock: a guest half-close is not passed to host sockets (no shutdown(2))");
+        }
         let mut created = Vec::new();
         let started = Self::start_recording(configs, opts, &mut created);
         if started.is_err() {

@@ -11,3 +11,4 @@
 pub mod bench;
 pub mod frontend;
 pub mod real_guest;
+pub mod sandbox;

@@ -109,6 +109,12 @@ const DEP_TABLE: &[(&str, Aosp, Sure)] = &[
         Aosp::CargoOnly("cargo-side checks of JSON configs"),
         Sure::Seen,
     ),
+    // The seccomp-run tool (tests/src/bin/seccomp-run/): Cuttlefish's sandbox policy as a filter.
+    (
+        "seccompiler",
+        Aosp::CargoOnly("seccomp-run, the cargo-side sandbox policy check"),
+        Sure::Seen,
+    ),
 ];
 
 /// Modules a crate links in Soong without a cargo dependency of the same name.
@@ -124,6 +130,11 @@ const CARGO_ONLY_TARGETS: &[(&str, &str, &str)] = &[
         "vsock-plugin-tests",
         "real-guest",
         "QEMU + Debian-kernel harness; needs apt/QEMU, not an Android test",
+    ),
+    (
+        "vsock-plugin-tests",
+        "seccomp-run",
+        "cargo-side check of the plugin against Cuttlefish's sandbox policy (seccompiler)",
     ),
     (
         "vsock-plugin-tests",
@@ -162,6 +173,21 @@ const CARGO_ONLY_TESTS: &[(&str, &str, &str)] = &[
         "vsock-plugin-tests",
         "control_plane",
         "binder RPC on a Unix socket (rsbinder); Soong's ipc is kernel binder only",
+    ),
+    (
+        "vsock-plugin-tests",
+        "sandbox_stock",
+        "runs the plugin under the seccomp-run tool (CARGO_BIN_EXE), a cargo-only bin",
+    ),
+    (
+        "vsock-plugin-tests",
+        "sandbox_patched",
+        "runs the plugin under the seccomp-run tool (CARGO_BIN_EXE), a cargo-only bin",
+    ),
+    (
+        "vsock-plugin-tests",
+        "sandbox_check",
+        "runs the plugin under the seccomp-run tool (CARGO_BIN_EXE), a cargo-only bin",
     ),
     (
         "vsock-plugin-tests",

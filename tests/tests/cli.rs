@@ -96,6 +96,16 @@ fn bad_values() {
         "--seqpacket",
         "perhaps",
     ]);
+    assert_usage_error(&[
+        "--guest-cid",
+        "3",
+        "--socket",
+        "/tmp/vp-x.sock",
+        "--uds-path",
+        "/tmp/vp-x.vsock",
+        "--sandbox",
+        "strict",
+    ]);
 }
 
 #[test]

@@ -75,6 +75,11 @@ Options (each also as `--option=VALUE`; as `--vm` keys, without the dashes):
                                     (also: READY=1 to $NOTIFY_SOCKET when set, as systemd expects)
     --socket-group-access           socket files the plugin creates are mode 0660 (its group
                                     may connect) instead of 0600 (only its uid), any umask
+    --sandbox full|stock            stock: stay inside Cuttlefish's stock vhost_device_vsock
+                                    seccomp policy, giving up half-close (a guest SHUTDOWN(SEND)
+                                    is not passed to the host socket); full: everything, needs the
+                                    patched policy (cuttlefish/sandbox/) [default: full, or
+                                    $VSOCK_PLUGIN_SANDBOX when set]
     ctl COMMAND ...                 talk to a running plugin: caps, status, connections, metrics,
                                     routes, policy ... (as the first argument)
     -h, --help                      print this help
@@ -200,6 +205,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         return Ok(Command::Ctl(args.skip(1).collect()));
     }
     let mut process = crate::ProcessOptions::default();
+    let mut sandbox_flag = None;
     let mut config_file: Option<String> = None;
     let mut vm_specs: Vec<String> = Vec::new();
     let mut flags: Vec<(&'static str, String)> = Vec::new();
@@ -267,6 +273,18 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
                 .filter(|fd| *fd >= 0)
                 .ok_or_else(|| CliError::BadProcessOption(format!("{option}: bad fd {value:?}")))?;
             if process.ready_fd.replace(fd).is_some() {
+                return Err(CliError::RepeatedOption(option));
+            }
+            continue;
+        }
+        if name == "sandbox" {
+            let Some(value) = inline.or_else(|| args.next()) else {
+                return Err(CliError::MissingValue(option));
+            };
+            let mode = crate::sandbox::SandboxMode::parse(&value).ok_or_else(|| {
+                CliError::BadProcessOption(format!("{option}: {value:?} is not full or stock"))
+            })?;
+            if sandbox_flag.replace(mode).is_some() {
                 return Err(CliError::RepeatedOption(option));
             }
             continue;
@@ -359,6 +377,10 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         })?;
     }
     check_distinct(&vms)?;
+    process.sandbox = match sandbox_flag {
+        Some(mode) => mode,
+        None => crate::sandbox::SandboxMode::from_env().map_err(CliError::BadProcessOption)?,
+    };
     super::namespace::check(&vms, process.control.as_deref())?;
     Ok(Command::Run(vms, process))
 }

@@ -142,9 +142,10 @@ pub const SOCKET_MODE_GROUP: u32 = 0o660;
 /// socket inode's mode minus the umask), so the file is never reachable with a wider mode; a
 /// `chmod` after `bind` then restores bits the umask removed.
 pub fn bind_listener(path: &Path, mode: u32) -> io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    // lstat (newfstatat), not std's metadata (statx): inside Cuttlefish's sandbox policy.
+    if let Some(is_socket) = lstat_is_socket(path) {
+        if !is_socket {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!("{} exists and is not a socket", path.display()),
@@ -188,6 +189,19 @@ pub fn bind_listener(path: &Path, mode: u32) -> io::Result<UnixListener> {
         return Err(io::Error::last_os_error());
     }
     Ok(listener)
+}
+
+/// `Some(is a socket)` if `path` exists (not following a symlink), by `lstat(2)` (glibc:
+/// `newfstatat`): `std::fs::symlink_metadata` is `statx`, outside Cuttlefish's sandbox policy.
+fn lstat_is_socket(path: &Path) -> Option<bool> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: stat is plain data, written by lstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid stat buffer.
+    if unsafe { libc::lstat(c.as_ptr(), &mut st) } < 0 {
+        return None;
+    }
+    Some(st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
 fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {

@@ -140,18 +140,22 @@ impl TxQueue {
     }
 }
 
-/// `send(2)` with MSG_NOSIGNAL (a closed peer is EPIPE, never SIGPIPE).
+/// `sendmsg(2)` with MSG_NOSIGNAL (a closed peer is EPIPE, never SIGPIPE). Not `send`: glibc makes
+/// that `sendto`, which Cuttlefish's stock sandbox policy does not allow (`sendmsg` it does).
 pub fn send(sock: &UnixStream, data: &[u8]) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
     loop {
-        // SAFETY: data is a valid buffer of data.len() bytes.
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr is plain data; msg_iov points at one iovec over `data`, which sendmsg
+        // only reads.
         let n = unsafe {
-            libc::send(
-                sock.as_raw_fd(),
-                data.as_ptr() as *const libc::c_void,
-                data.len(),
-                libc::MSG_NOSIGNAL,
-            )
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
         };
         if n >= 0 {
             return Ok(n as usize);
@@ -288,7 +292,8 @@ impl Connection {
             && self.tx_queue.is_empty()
             && !self.host_write_shut
         {
-            if let Some(sock) = &self.host {
+            // Under `--sandbox stock` there is no shutdown(2): the host sees EOF at full close.
+            if let (Some(sock), true) = (&self.host, crate::sandbox::half_close_allowed()) {
                 let _ = sock.shutdown(std::net::Shutdown::Write);
             }
             self.host_write_shut = true;

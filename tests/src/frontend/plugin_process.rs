@@ -170,9 +170,32 @@ impl PluginProcess {
         inherit: Option<RawFd>,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> io::Result<Self> {
+        Self::spawn_impl(&plugin_binary(), dir, args, vms, inherit, env)
+    }
+
+    /// As [`Self::spawn_with_env`] without an inherited fd, running `program` (e.g. a launcher
+    /// that runs the plugin) instead of the plugin binary.
+    pub fn spawn_program(
+        program: &Path,
+        dir: TempDir,
+        args: Vec<String>,
+        vms: Vec<VmPaths>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> io::Result<Self> {
+        Self::spawn_impl(program, dir, args, vms, None, env)
+    }
+
+    fn spawn_impl(
+        program: &Path,
+        dir: TempDir,
+        args: Vec<String>,
+        vms: Vec<VmPaths>,
+        inherit: Option<RawFd>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> io::Result<Self> {
         let stderr_path = dir.join("stderr.log");
         let stderr = File::create(&stderr_path)?;
-        let mut cmd = Command::new(plugin_binary());
+        let mut cmd = Command::new(program);
         cmd.args(&args)
             .env(
                 "RUST_LOG",

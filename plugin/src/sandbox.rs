@@ -1,0 +1,72 @@
+//! `--sandbox full|stock`: which host sandbox policy the plugin must stay inside.
+//!
+//! Cuttlefish can run the vsock backend under `process_sandboxer`, whose `vhost_device_vsock`
+//! seccomp policy kills the process on any call it does not list (cuttlefish/README.md "Syscalls
+//! the plugin makes"). Every call the plugin makes is inside that policy except one that has no
+//! equivalent: `shutdown(SHUT_WR)`, which delivers a guest's half-close (SHUTDOWN with only the SEND
+//! flag) to the host socket as EOF.
+//!
+//! - `full` (default): half-close is delivered. Needs the patched policy
+//!   (`cuttlefish/sandbox/vhost_device_vsock.cpp.patch`) or no sandbox.
+//! - `stock`: never calls `shutdown`. A guest half-close is *not* delivered: the host socket stays
+//!   open for both directions, host→guest data keeps flowing, and the host application sees EOF only
+//!   when the guest closes the connection fully (SHUTDOWN of both directions or RST), when the
+//!   connection is closed. A host application that waits for EOF before answering waits until then.
+//!
+//! The mode is process-wide (set once by `main` before any worker starts). `--sandbox` sets it;
+//! without the flag, `$VSOCK_PLUGIN_SANDBOX` does (for launchers whose command line is fixed, like
+//! Cuttlefish's, which starts the replaced `bin/vhost_device_vsock` with vhost-device-vsock's
+//! arguments); without either it is `full`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The policy the plugin must stay inside.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Everything, half-close included (patched policy or no sandbox).
+    #[default]
+    Full,
+    /// Cuttlefish's stock `vhost_device_vsock` policy: no half-close.
+    Stock,
+}
+
+impl SandboxMode {
+    pub fn parse(s: &str) -> Option<SandboxMode> {
+        match s {
+            "full" => Some(SandboxMode::Full),
+            "stock" => Some(SandboxMode::Stock),
+            _ => None,
+        }
+    }
+}
+
+/// The environment variable naming the mode when `--sandbox` is not given.
+pub const ENV: &str = "VSOCK_PLUGIN_SANDBOX";
+
+impl SandboxMode {
+    /// The mode `$VSOCK_PLUGIN_SANDBOX` names (unset or empty: `full`).
+    pub fn from_env() -> Result<SandboxMode, String> {
+        match std::env::var(ENV) {
+            Err(std::env::VarError::NotPresent) => Ok(SandboxMode::Full),
+            Ok(v) if v.is_empty() => Ok(SandboxMode::Full),
+            Ok(v) => {
+                SandboxMode::parse(&v).ok_or_else(|| format!("{ENV}={v:?} is not full or stock"))
+            }
+            Err(std::env::VarError::NotUnicode(v)) => {
+                Err(format!("{ENV}={v:?} is not full or stock"))
+            }
+        }
+    }
+}
+
+static STOCK: AtomicBool = AtomicBool::new(false);
+
+/// Sets the process-wide mode.
+pub fn set_mode(mode: SandboxMode) {
+    STOCK.store(mode == SandboxMode::Stock, Ordering::Relaxed);
+}
+
+/// Whether a guest half-close may be delivered with `shutdown(SHUT_WR)`.
+pub fn half_close_allowed() -> bool {
+    !STOCK.load(Ordering::Relaxed)
+}
