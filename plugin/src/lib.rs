@@ -182,7 +182,10 @@ impl Plugin {
                 let c = Self::attach_control(uri, opts, &mut prepared)?;
                 if let Some(path) = config::namespace::control_socket_path(uri) {
                     use std::os::unix::fs::PermissionsExt;
-                    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+                    if sandbox::beyond_stock_allowed() {
+                        let _ =
+                            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+                    }
                     host::unix::register_own_socket(&path);
                     created.push((path.clone(), inode_of(&path)));
                 }
@@ -295,9 +298,8 @@ impl ShutdownHandle {
 
 /// Removes socket files this process bound, if they are still the same files.
 fn remove_created(created: &[(PathBuf, u64)]) {
-    use std::os::unix::fs::MetadataExt;
     for (path, ino) in created {
-        if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *ino) {
+        if host::unix::inode_of(path) == Some(*ino) {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -305,8 +307,7 @@ fn remove_created(created: &[(PathBuf, u64)]) {
 
 /// The inode of a socket file just bound (to remove exactly that file later).
 fn inode_of(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).map_or(0, |m| m.ino())
+    host::unix::inode_of(path).unwrap_or(0)
 }
 
 fn device_config(cfg: &VmConfig) -> DeviceConfig {

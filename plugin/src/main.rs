@@ -96,13 +96,14 @@ fn main() -> ExitCode {
             c.uds_path.display()
         );
     }
-    raise_fd_limit();
-    // Blocked here, so every thread the plugin starts inherits the mask and only the signal
-    // thread below takes SIGTERM/SIGINT.
-    let signals = match block_stop_signals() {
+    if process.sandbox == vsock_plugin::sandbox::SandboxMode::Full {
+        raise_fd_limit();
+    }
+    // Installed before anything starts: a SIGTERM from now on is not lost.
+    let signals = match stop_signals::install() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("vsock-plugin: cannot block SIGTERM/SIGINT: {e}");
+            eprintln!("vsock-plugin: cannot handle SIGTERM/SIGINT: {e}");
             return ExitCode::from(1);
         }
     };
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
             let waiter = std::thread::Builder::new()
                 .name("vsock-signals".into())
                 .spawn(move || {
-                    if let Some(sig) = wait_for_signal(&signals) {
+                    if let Some(sig) = signals.wait() {
                         log::info!("signal {sig}: stopping (draining buffered bytes)");
                         handle.drain();
                     }
@@ -132,29 +133,57 @@ fn main() -> ExitCode {
     }
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread (and so in threads it starts later).
-fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset; the calls only touch it and the
-    // calling thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-        Ok(set)
-    }
-}
+/// SIGTERM and SIGINT, delivered to a thread that drains the plugin. The handler does the one
+/// async-signal-safe thing it must: `write(2)` to an eventfd, which the signal thread reads.
+/// (Not `sigwait`: its `rt_sigtimedwait` is outside Cuttlefish's sandbox policy, which allows
+/// `rt_sigaction`, `write` and `read`.)
+mod stop_signals {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicI32, Ordering};
 
-/// Waits for one of the blocked signals; None if waiting failed.
-fn wait_for_signal(set: &libc::sigset_t) -> Option<i32> {
-    let mut sig: libc::c_int = 0;
-    // SAFETY: set is an initialised sigset_t; sig receives the signal number.
-    let rc = unsafe { libc::sigwait(set, &mut sig) };
-    (rc == 0).then_some(sig)
+    use vmm_sys_util::eventfd::EventFd;
+
+    static FD: AtomicI32 = AtomicI32::new(-1);
+    static LAST: AtomicI32 = AtomicI32::new(0);
+
+    extern "C" fn on_signal(sig: libc::c_int) {
+        LAST.store(sig, Ordering::Relaxed);
+        let fd = FD.load(Ordering::Relaxed);
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; 8 bytes from a live local to our eventfd,
+        // which stays open for the life of the process (leaked in `install`).
+        unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    pub struct StopSignals(&'static EventFd);
+
+    impl StopSignals {
+        /// Blocks until SIGTERM or SIGINT arrived (at any time since `install`); the signal.
+        pub fn wait(&self) -> Option<i32> {
+            self.0.read().ok()?;
+            Some(LAST.load(Ordering::Relaxed))
+        }
+    }
+
+    pub fn install() -> std::io::Result<StopSignals> {
+        // Never closed: the handler may run at any time and must not write to a reused fd.
+        let efd: &'static EventFd = Box::leak(Box::new(EventFd::new(libc::EFD_CLOEXEC)?));
+        FD.store(efd.as_raw_fd(), Ordering::Relaxed);
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            // SAFETY: sigaction is plain data, initialised here; the handler only does
+            // async-signal-safe work.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_signal as *const () as usize;
+                sa.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut sa.sa_mask);
+                if libc::sigaction(sig, &sa, std::ptr::null_mut()) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(StopSignals(efd))
+    }
 }
 
 /// Raises the soft open-file limit to the hard one: each connection holds a host fd, and the

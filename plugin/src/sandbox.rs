@@ -12,6 +12,13 @@
 //!   open for both directions, host→guest data keeps flowing, and the host application sees EOF only
 //!   when the guest closes the connection fully (SHUTDOWN of both directions or RST), when the
 //!   connection is closed. A host application that waits for EOF before answering waits until then.
+//!   It also does without the other calls the stock policy lacks ([`beyond_stock_allowed`]):
+//!   explicit socket-file modes (`fchmod`/`chmod`: the files get the mode the umask leaves, so run
+//!   it with umask 077 in a private directory, as Cuttlefish's per-instance directories are),
+//!   raising the soft fd limit (`prlimit64` with a new limit), the `SO_PEERCRED` backstop of the
+//!   own-socket check (`getsockopt`; the check by path and inode stays), and reading a memory fd's
+//!   seals (`fcntl(F_GET_SEALS)`: every region is then guarded against a shrinking fd, which costs
+//!   nothing on the data path).
 //!
 //! The mode is process-wide (set once by `main` before any worker starts). `--sandbox` sets it;
 //! without the flag, `$VSOCK_PLUGIN_SANDBOX` does (for launchers whose command line is fixed, like
@@ -68,5 +75,12 @@ pub fn set_mode(mode: SandboxMode) {
 
 /// Whether a guest half-close may be delivered with `shutdown(SHUT_WR)`.
 pub fn half_close_allowed() -> bool {
+    !STOCK.load(Ordering::Relaxed)
+}
+
+/// Whether calls outside the stock policy other than `shutdown` may be made: `fchmod`/`chmod` of
+/// socket files, `prlimit64` raising the fd limit, `getsockopt(SO_PEERCRED)`,
+/// `fcntl(F_GET_SEALS)` (the patched policy has them all).
+pub fn beyond_stock_allowed() -> bool {
     !STOCK.load(Ordering::Relaxed)
 }

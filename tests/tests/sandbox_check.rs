@@ -32,6 +32,14 @@ fn under_with_env(
     plugin_args: &[&str],
     env: &[(&str, &std::ffi::OsStr)],
 ) -> PluginProcess {
+    try_under(launcher_args, plugin_args, env).unwrap()
+}
+
+fn try_under(
+    launcher_args: &[&str],
+    plugin_args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> std::io::Result<PluginProcess> {
     let dir = TempDir::new().unwrap();
     let vm = VmPaths {
         guest_cid: 3,
@@ -50,12 +58,26 @@ fn under_with_env(
         "--uds-path".into(),
         vm.uds.display().to_string(),
     ]);
-    PluginProcess::spawn_program(SECCOMP_RUN.as_ref(), dir, args, vec![vm], env).unwrap()
+    PluginProcess::spawn_program(SECCOMP_RUN.as_ref(), dir, args, vec![vm], env)
 }
 
 #[test]
-fn full_mode_under_the_stock_policy_is_killed_at_half_close_naming_shutdown() {
-    let p = under(&["--policy", "stock"], &[]);
+fn full_mode_under_the_stock_policy_is_killed_at_start_naming_fchmod() {
+    // Full mode sets socket-file modes explicitly: fchmod, which the stock policy lacks, before
+    // the first socket exists.
+    let err = match try_under(&["--policy", "stock"], &[], &[]) {
+        Ok(_) => panic!("full mode started under the stock policy"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("exit status: 159") && err.contains("policy stock: forbidden syscall fchmod("),
+        "{err}"
+    );
+}
+
+#[test]
+fn full_mode_without_shutdown_in_the_policy_is_killed_at_half_close_naming_shutdown() {
+    let p = under(&["--policy", "patched", "--drop", "shutdown"], &[]);
     let mut vm = qemu_vm(&p);
     let (id, _host, _l) = guest_to_host(&mut vm, &p, 6400);
     vm.driver.send(id, b"data").unwrap();
@@ -63,7 +85,7 @@ fn full_mode_under_the_stock_policy_is_killed_at_half_close_naming_shutdown() {
     let (code, stderr) = launcher_exit(&p);
     assert_eq!(code, Some(159), "launcher status; stderr:\n{stderr}");
     assert!(
-        stderr.contains("seccomp-run: policy stock: forbidden syscall shutdown(how=1)"),
+        stderr.contains("forbidden syscall shutdown(how=1)"),
         "{stderr}"
     );
 }
@@ -124,7 +146,7 @@ fn a_policy_without_recvmsg_kills_the_plugin_at_the_first_vhost_user_message() {
 
 #[test]
 fn log_mode_lets_calls_run_and_lists_them() {
-    let p = under(&["--policy", "stock", "--log"], &[]);
+    let p = under(&["--policy", "patched", "--drop", "shutdown", "--log"], &[]);
     let mut vm = qemu_vm(&p);
     let (id, mut host, _l) = guest_to_host(&mut vm, &p, 6500);
     vm.driver.send(id, b"data").unwrap();
@@ -143,7 +165,7 @@ fn log_mode_lets_calls_run_and_lists_them() {
     let (code, stderr) = launcher_exit(&p);
     assert_eq!(code, Some(159), "{stderr}");
     assert!(
-        stderr.contains("seccomp-run: policy stock: 1 calls outside the policy:"),
+        stderr.contains("seccomp-run: policy patched: 1 calls outside the policy:"),
         "{stderr}"
     );
     assert!(

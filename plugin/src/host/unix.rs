@@ -57,9 +57,8 @@ pub fn connect(path: &Path, sock_type: libc::c_int) -> io::Result<Connect> {
 static OWN_SOCKETS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
     // Follows symlinks, as connect(2) does.
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    stat_path(path, true).map(|st| (st.st_dev, st.st_ino))
 }
 
 /// Records `path` as one of this process's listening sockets (see [`is_own_socket`]).
@@ -88,7 +87,13 @@ pub fn is_own_socket(path: &Path) -> bool {
 /// plugin never relays a guest into one of its own sockets (its control plane, another VM's
 /// vhost-user or hybrid socket), whatever path led there (a symlink, a late bind). Linux records
 /// the listener's credentials at `listen()` and reports them to the connecting side.
+///
+/// Under `--sandbox stock` (no `getsockopt` in that policy) this backstop is skipped and answers
+/// false: the check by path and inode ([`is_own_socket`]) still runs before every connect.
 pub fn peer_is_this_process(sock: &impl std::os::fd::AsRawFd) -> io::Result<bool> {
+    if !crate::sandbox::beyond_stock_allowed() {
+        return Ok(false);
+    }
     // SAFETY: ucred is plain data.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -172,8 +177,9 @@ pub fn bind_listener(path: &Path, mode: u32) -> io::Result<UnixListener> {
     }
     // SAFETY: fd is a fresh socket we own.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let set_mode = crate::sandbox::beyond_stock_allowed();
     // SAFETY: fchmod on our own socket fd.
-    if unsafe { libc::fchmod(fd, mode as libc::mode_t) } < 0 {
+    if set_mode && unsafe { libc::fchmod(fd, mode as libc::mode_t) } < 0 {
         return Err(io::Error::last_os_error());
     }
     let (addr, len) = sockaddr(path)?;
@@ -182,7 +188,9 @@ pub fn bind_listener(path: &Path, mode: u32) -> io::Result<UnixListener> {
         return Err(io::Error::last_os_error());
     }
     let listener = UnixListener::from(owned);
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if set_mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
     register_own_socket(path);
     // SAFETY: listen on our own bound socket.
     if unsafe { libc::listen(listener.as_raw_fd(), libc::SOMAXCONN) } < 0 {
@@ -191,17 +199,31 @@ pub fn bind_listener(path: &Path, mode: u32) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// `Some(is a socket)` if `path` exists (not following a symlink), by `lstat(2)` (glibc:
-/// `newfstatat`): `std::fs::symlink_metadata` is `statx`, outside Cuttlefish's sandbox policy.
+/// `Some(is a socket)` if `path` exists (not following a symlink).
 fn lstat_is_socket(path: &Path) -> Option<bool> {
+    stat_path(path, false).map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+}
+
+/// The inode of `path` itself (not following a symlink), if it exists.
+pub fn inode_of(path: &Path) -> Option<u64> {
+    stat_path(path, false).map(|st| st.st_ino)
+}
+
+/// `stat(2)` or `lstat(2)` (glibc: `newfstatat`). Not `std::fs::metadata`/`symlink_metadata`:
+/// those are `statx`, outside Cuttlefish's sandbox policy.
+fn stat_path(path: &Path, follow: bool) -> Option<libc::stat> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: stat is plain data, written by lstat.
+    // SAFETY: stat is plain data, written by the call below.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a valid stat buffer.
-    if unsafe { libc::lstat(c.as_ptr(), &mut st) } < 0 {
-        return None;
-    }
-    Some(st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+    let rc = unsafe {
+        if follow {
+            libc::stat(c.as_ptr(), &mut st)
+        } else {
+            libc::lstat(c.as_ptr(), &mut st)
+        }
+    };
+    (rc == 0).then_some(st)
 }
 
 fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {

@@ -98,6 +98,10 @@ impl Drop for FaultGuard {
 /// Whether `fd` is sealed against shrinking (`F_SEAL_SHRINK`). Files that cannot carry seals
 /// (`EINVAL`) are not.
 pub fn shrink_sealed(fd: std::os::fd::RawFd) -> bool {
+    if !crate::sandbox::beyond_stock_allowed() {
+        // F_GET_SEALS is outside Cuttlefish's stock policy: treat the fd as unsealed (guarded).
+        return false;
+    }
     // SAFETY: F_GET_SEALS only reads the fd's seal set.
     let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
     seals >= 0 && seals & libc::F_SEAL_SHRINK != 0

@@ -234,7 +234,8 @@ fn round_trips(vm: &mut Vm, uds: &Path, port: u32, pid: u32) -> Result<(Vec<f64>
             let mut msg = [(i % 251) as u8; 64];
             msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
             let t = Instant::now();
-            s.write_all(&msg).map_err(|e| format!("round trip {i}: {e}"))?;
+            s.write_all(&msg)
+                .map_err(|e| format!("round trip {i}: {e}"))?;
             s.read_exact(&mut back)
                 .map_err(|e| format!("round trip {i}: {e}"))?;
             let dt = t.elapsed();
@@ -251,7 +252,10 @@ fn round_trips(vm: &mut Vm, uds: &Path, port: u32, pid: u32) -> Result<(Vec<f64>
     let guest = vm.wait_result(id, Duration::from_secs(60));
     match (host, guest) {
         (Ok(r), Ok(_)) => Ok(r),
-        (h, g) => Err(format!("round trips: host {:?}; guest {g:?}", h.map(|_| ()))),
+        (h, g) => Err(format!(
+            "round trips: host {:?}; guest {g:?}",
+            h.map(|_| ())
+        )),
     }
 }
 

@@ -386,6 +386,18 @@ fn patch(r: &mut Rules) {
     );
     // ... and glibc freeing thread stacks / trimming arenas with madvise(MADV_DONTNEED).
     r.allow_arg_in(SYS_madvise, 2, &[MADV_DONTNEED as u64]);
+    // vsock-plugin's hardening in full mode (`--sandbox stock` makes none of these):
+    // socket files get an explicit mode whatever the umask (fchmod before bind, chmod after) ...
+    r.allow_all(&[SYS_fchmod, SYS_chmod, SYS_fchmodat]);
+    // ... the soft fd limit is raised to the hard one at start (prlimit64 writing NOFILE) ...
+    r.allow_arg_in(SYS_prlimit64, 1, &[RLIMIT_NOFILE as u64]);
+    // ... a guest-memory fd's seals are read (sealed against shrinking: no SIGBUS guard needed) ...
+    r.allow_arg_in(SYS_fcntl, 1, &[F_GET_SEALS as u64]);
+    // ... and a relayed connect checks its listener is not the plugin itself (SO_PEERCRED).
+    r.allow_when(
+        SYS_getsockopt,
+        vec![eq32(1, SOL_SOCKET as u64), eq32(2, SO_PEERCRED as u64)],
+    );
 }
 
 #[cfg(test)]
