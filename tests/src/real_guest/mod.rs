@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod binder;
 pub mod cases;
+pub mod group;
 pub mod host;
 pub mod initramfs;
 pub mod iommu;

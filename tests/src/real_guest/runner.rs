@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::backend::{expand_multi, expand_single, Backend, VmSpec};
+use super::backend::{expand_single, Backend, VmSpec};
 use super::cases::{self, CaseResult, Fail, Guest, BOOT_CASES};
+use super::group::Group;
 use super::kernels::{self, Kernel};
 use super::qemu::{QemuConfig, Vm};
 use super::util::{indent, which};
@@ -960,61 +961,31 @@ fn siblings(
             })
             .collect::<Vec<_>>()
     };
-    let dir = run.dir.join("siblings");
-    let _ = std::fs::create_dir_all(&dir);
-    let specs: Vec<VmSpec> = [(3, "g1"), (4, "g1"), (5, "g2")]
-        .iter()
-        .map(|&(cid, g)| VmSpec {
-            cid,
-            socket: dir.join(format!("vhost{cid}.sock")),
-            uds: dir.join(format!("vm{cid}.vsock")),
-            groups: g.into(),
-        })
-        .collect();
     let template = run
         .o
         .backend_multi
         .clone()
         .unwrap_or_else(|| format!("{backend_bin} {{vms}}"));
-    let socks: Vec<&Path> = specs.iter().map(|s| s.socket.as_path()).collect();
-    let argv = expand_multi(&template, &specs);
-    let mut backend = match Backend::start(argv, &dir.join("backend.log"), &socks) {
-        Ok(b) => b,
+    let t = Instant::now();
+    let members = [(3, "g1"), (4, "g1"), (5, "g2")];
+    let mut group = match Group::boot(&run.dir.join("siblings"), &template, &members, |_| {
+        run.qemu.clone()
+    }) {
+        Ok(g) => g,
         Err(e) => return all_fail(e),
     };
-    // Boot the three at once: spawn every QEMU from this thread (see `Vm::spawn`), then wait.
-    let t = Instant::now();
-    let mut vms = Vec::new();
-    for s in &specs {
-        let vdir = dir.join(format!("vm{}", s.cid));
-        match Vm::spawn(&format!("guest{}", s.cid), &run.qemu, &s.socket, &vdir) {
-            Ok(vm) => vms.push(vm),
-            Err(e) => return all_fail(e),
-        }
-    }
-    for (vm, s) in vms.iter_mut().zip(&specs) {
-        if let Err(e) = vm.wait_hello(Duration::from_secs(90)) {
-            return all_fail(e);
-        }
-        if vm.hello.cid != s.cid.to_string() {
-            return all_fail(format!("guest {} reports CID {:?}", s.cid, vm.hello.cid));
-        }
-    }
+    let vms = &mut group.vms;
     let boot_s = t.elapsed().as_secs_f64();
     let mut out = Vec::new();
     if selected.contains(&SIBLINGS_CASE) {
-        let res =
-            sibling_isolation(&mut vms).map(|d| format!("3 guests booted in {boot_s:.1} s; {d}"));
+        let res = sibling_isolation(vms).map(|d| format!("3 guests booted in {boot_s:.1} s; {d}"));
         out.push((SIBLINGS_CASE, res));
     }
     if selected.contains(&SIBLINGS_BULK_CASE) {
-        let res = sibling_bulk(&mut vms);
+        let res = sibling_bulk(vms);
         out.push((SIBLINGS_BULK_CASE, res));
     }
-    for vm in vms.iter_mut() {
-        vm.shutdown(Duration::from_secs(10));
-    }
-    if !backend.alive() {
+    if !group.finish() {
         for r in out.iter_mut() {
             r.1 = Err(Fail {
                 msg: "backend exited".into(),
@@ -1022,7 +993,6 @@ fn siblings(
             });
         }
     }
-    backend.stop();
     out
 }
 

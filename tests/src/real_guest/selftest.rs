@@ -24,8 +24,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::backend::{expand_multi, Backend, VmSpec};
 use super::cases::{CaseResult, Fail};
+use super::group::Group;
 use super::initramfs;
 use super::kernels::Kernel;
 use super::proto::escape;
@@ -217,47 +217,25 @@ pub fn run(
         Ok(a) => a.port(),
         Err(e) => return all_fail(format!("no free loopback port: {e}")),
     };
-    let specs: Vec<VmSpec> = [
+    let members = [
         (SERVER_CID, "g1"),
         (CLIENT_CID, "g1"),
         (OTHER_GROUP_CID, "g2"),
-    ]
-    .iter()
-    .map(|&(cid, g)| VmSpec {
-        cid,
-        socket: dir.join(format!("vhost{cid}.sock")),
-        uds: dir.join(format!("vm{cid}.vsock")),
-        groups: g.into(),
-    })
-    .collect();
-    let socks: Vec<&Path> = specs.iter().map(|s| s.socket.as_path()).collect();
-    let argv = expand_multi(backend_template, &specs);
-    let mut backend = match Backend::start(argv, &dir.join("backend.log"), &socks) {
-        Ok(b) => b,
-        Err(e) => return all_fail(e),
-    };
-    let mut vms = Vec::new();
-    for s in &specs {
+    ];
+    let mut group = match Group::boot(dir, backend_template, &members, |cid| {
         let mut cfg = qemu.clone();
         cfg.initrd = initrd.clone();
-        cfg.user_net = Some(if s.cid == SERVER_CID {
+        cfg.user_net = Some(if cid == SERVER_CID {
             format!("hostfwd=tcp:127.0.0.1:{host_port}-:{GUEST_CONTROL_PORT}")
         } else {
             String::new()
         });
-        let vdir = dir.join(format!("vm{}", s.cid));
-        match Vm::spawn(&format!("guest{}", s.cid), &cfg, &s.socket, &vdir) {
-            Ok(vm) => vms.push(vm),
-            Err(e) => return all_fail(e),
-        }
-    }
-    for (vm, s) in vms.iter_mut().zip(&specs) {
-        if let Err(e) = vm.wait_hello(Duration::from_secs(90)) {
-            return all_fail(e);
-        }
-        if vm.hello.cid != s.cid.to_string() {
-            return all_fail(format!("guest {} reports CID {:?}", s.cid, vm.hello.cid));
-        }
+        cfg
+    }) {
+        Ok(g) => g,
+        Err(e) => return all_fail(e),
+    };
+    for (vm, (cid, _)) in group.vms.iter_mut().zip(&members) {
         let net = "ip link set lo up && ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up";
         if let Err(e) = vm.run_op(
             "net",
@@ -265,10 +243,10 @@ pub fn run(
             &format!("cmd={} timeout_ms=10000", escape(net)),
             Duration::from_secs(20),
         ) {
-            return all_fail(format!("guest {}: network setup: {}", s.cid, op_text(&e)));
+            return all_fail(format!("guest {cid}: network setup: {}", op_text(&e)));
         }
     }
-    let [server, client, other] = &mut vms[..] else {
+    let [server, client, other] = &mut group.vms[..] else {
         return all_fail("three guests expected".into());
     };
     let pair = Pair {
@@ -333,10 +311,7 @@ pub fn run(
         .map_err(|msg| Fail { msg, lost: false });
         rows.push((CROSS_GROUP_CASE.to_string(), t.elapsed(), res));
     }
-    for vm in vms.iter_mut() {
-        vm.shutdown(Duration::from_secs(10));
-    }
-    if !backend.alive() {
+    if !group.finish() {
         for r in rows.iter_mut() {
             r.2 = Err(Fail {
                 msg: "backend exited".into(),
@@ -344,7 +319,6 @@ pub fn run(
             });
         }
     }
-    backend.stop();
     rows
 }
 
