@@ -140,6 +140,11 @@ impl Pair<'_> {
     }
 }
 
+/// The client's half of a [`Pair::run`] error ("client: …; server: …").
+fn client_part(e: &str) -> &str {
+    e.split_once("; server: ").map_or(e, |(c, _)| c)
+}
+
 fn op_text(e: &OpError) -> String {
     super::proto::unescape(&e.to_string())
 }
@@ -302,7 +307,8 @@ pub fn run(
                     "{CONNECT_TEST_NAME:?} passed between guests in different groups: the \
                      traffic did not go through the backend's group routing"
                 )),
-                Err(e) if e.contains("connect") => Ok(format!(
+                // perror("connect") in the client: "connect: Connection reset by peer".
+                Err(e) if client_part(&e).contains("connect: ") => Ok(format!(
                     "{CONNECT_TEST_NAME:?} between groups g1 and g2 failed as it must: {e}"
                 )),
                 Err(e) => Err(format!("failed, but not at connect: {e}")),
@@ -338,5 +344,16 @@ mod tests {
             ]
         );
         assert_eq!(only(&l, 17), " --skip=0");
+    }
+
+    #[test]
+    fn the_negative_control_looks_at_the_clients_connect_error_only() {
+        let refused = "client: status=1 [2 - SOCK_STREAM client close...connect: Connection reset \
+                       by peer]; server: status=1 [accept timed out]";
+        assert!(client_part(refused).contains("connect: "));
+        // A client that connected its control socket and failed later is not a refusal.
+        let other = "client: status=1 [Control socket connected to 10.0.2.2:4000. | 2 - x...recv: \
+                     Timeout]; server: status=1 [connect: nothing]";
+        assert!(!client_part(other).contains("connect: "));
     }
 }
