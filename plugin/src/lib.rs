@@ -89,6 +89,8 @@ impl ProcessOptions {
 /// The running plugin: one worker thread per VM.
 pub struct Plugin {
     workers: Vec<(Arc<EventFd>, JoinHandle<()>)>,
+    /// One message per worker whose run ended (see [`sandbox::threads_may_exit`]).
+    ended: std::sync::mpsc::Receiver<()>,
     stop: Arc<worker::Shutdown>,
     /// Socket files this process created (path, inode), removed when it ends.
     created: Vec<(PathBuf, u64)>,
@@ -194,10 +196,19 @@ impl Plugin {
             None => None,
         };
         let mut workers = Vec::new();
+        let (ended_tx, ended) = std::sync::mpsc::channel();
         for (_, wake, worker) in prepared {
+            let ended_tx = ended_tx.clone();
             let handle = std::thread::Builder::new()
                 .name("vsock-vm".into())
-                .spawn(move || worker.run());
+                .spawn(move || {
+                    worker.run();
+                    let _ = ended_tx.send(());
+                    drop(ended_tx);
+                    if !sandbox::threads_may_exit() {
+                        sandbox::park_forever();
+                    }
+                });
             match handle {
                 Ok(h) => workers.push((wake, h)),
                 Err(e) => {
@@ -211,8 +222,10 @@ impl Plugin {
                 }
             }
         }
+        drop(ended_tx);
         Ok(Plugin {
             workers,
+            ended,
             stop,
             created: std::mem::take(created),
             _control: control,
@@ -254,8 +267,19 @@ impl Plugin {
 
     /// Waits until every worker has ended, then removes the socket files this process created.
     pub fn wait(mut self) {
-        for (_, h) in self.workers.drain(..) {
-            let _ = h.join();
+        if sandbox::threads_may_exit() {
+            for (_, h) in self.workers.drain(..) {
+                let _ = h.join();
+            }
+        } else {
+            // The workers park instead of exiting: count their reports (a worker that panicked
+            // dropped its sender without one; the channel closes when none is left).
+            for _ in 0..self.workers.len() {
+                if self.ended.recv().is_err() {
+                    break;
+                }
+            }
+            self.workers.clear();
         }
         remove_created(&self.created);
         self.created.clear();

@@ -119,6 +119,8 @@ fn main() -> ExitCode {
                         log::info!("signal {sig}: stopping (draining buffered bytes)");
                         handle.drain();
                     }
+                    // No thread ends before the process does (see sandbox::threads_may_exit).
+                    vsock_plugin::sandbox::park_forever();
                 });
             if let Err(e) = waiter {
                 log::warn!("no signal thread ({e}): SIGTERM/SIGINT will not drain");

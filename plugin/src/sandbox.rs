@@ -84,3 +84,17 @@ pub fn half_close_allowed() -> bool {
 pub fn beyond_stock_allowed() -> bool {
     !STOCK.load(Ordering::Relaxed)
 }
+
+/// Whether a thread may end on its own. Under the stock policy it may not: glibc `madvise`s the
+/// stack of an exiting thread (MADV_DONTNEED), which that policy lacks. Workers that are done
+/// then report it and park until the process exits ([`park_forever`]).
+pub fn threads_may_exit() -> bool {
+    !STOCK.load(Ordering::Relaxed)
+}
+
+/// Parks the calling thread for good (until the process exits).
+pub fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
