@@ -337,19 +337,7 @@ fn reset_device_while_running_posts_transport_reset() {
     );
 
     assert_eq!(vm.client.reset_device().unwrap().unwrap_or(0), 0);
-    // The event may be posted on the running rings right away ...
-    let mut ev = vm.driver.recv_event(secs(1)).unwrap();
-    if ev.is_none() {
-        // ... or once the frontend re-activates the device (fresh rings, as after a reset).
-        let mem = Arc::new(GuestMemory::new(&opts.mem_layout).unwrap());
-        mem.alloc(4096, 4096);
-        let mut d = VsockDriver::new(mem.clone(), opts.queue_size, opts.driver.clone()).unwrap();
-        vm.client
-            .activate_crosvm(&mem, &d.vring_setups(), vm.negotiated.features)
-            .unwrap();
-        d.kick_all();
-        ev = d.recv_event(secs(2)).unwrap();
-    }
+    let ev = event_after_reset(&mut vm, &opts);
     assert_eq!(
         ev,
         Some(EVENT_TRANSPORT_RESET),

@@ -26,6 +26,23 @@ pub fn qemu_vm(p: &PluginProcess) -> Vm {
     Vm::qemu(&p.vm().socket).expect("QEMU handshake")
 }
 
+/// After RESET_DEVICE: the event the guest reads, either on the running rings (within 1 s) or,
+/// if none came there, once the frontend re-activates the device with fresh rings as crosvm does
+/// after a reset (a new driver built with `opts`, so its interrupt handling is that of `opts`).
+pub fn event_after_reset(vm: &mut Vm, opts: &VmOptions) -> Option<u32> {
+    if let Some(ev) = vm.driver.recv_event(secs(1)).unwrap() {
+        return Some(ev);
+    }
+    let mem = std::sync::Arc::new(GuestMemory::new(&opts.mem_layout).unwrap());
+    mem.alloc(4096, 4096);
+    let mut d = VsockDriver::new(mem.clone(), opts.queue_size, opts.driver.clone()).unwrap();
+    vm.client
+        .activate_crosvm(&mem, &d.vring_setups(), vm.negotiated.features)
+        .unwrap();
+    d.kick_all();
+    d.recv_event(secs(2)).unwrap()
+}
+
 pub fn vm_with(p: &PluginProcess, opts: VmOptions) -> Vm {
     Vm::start(&p.vm().socket, opts).expect("handshake")
 }
