@@ -18,6 +18,7 @@ pub mod control;
 pub mod host;
 pub mod iotlb;
 pub mod log_limit;
+pub mod panic_exit;
 pub mod readiness;
 pub mod sandbox;
 pub mod vhost_user;

@@ -36,6 +36,7 @@ fn bound_malloc_arenas() {
 }
 
 fn main() -> ExitCode {
+    vsock_plugin::panic_exit::install();
     bound_malloc_arenas();
     let (configs, process) = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(configs, process)) => (configs, process),
