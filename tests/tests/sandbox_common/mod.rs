@@ -58,6 +58,13 @@ pub fn assert_clean(p: &PluginProcess) {
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp_filters:", "2"]),
         "plugin pid {plugin} is not under the two filters:\n{status}"
     );
+    assert_no_violations(p, "");
+    p.assert_alive();
+}
+
+/// The launcher reported no call outside the policy (its `seccomp-run:` lines on the plugin's
+/// stderr); returns the log.
+fn assert_no_violations(p: &PluginProcess, when: &str) -> String {
     let log = std::fs::read_to_string(&p.stderr_path).unwrap_or_default();
     let violations: Vec<&str> = log
         .lines()
@@ -65,10 +72,10 @@ pub fn assert_clean(p: &PluginProcess) {
         .collect();
     assert!(
         violations.is_empty(),
-        "calls outside the policy:\n{}",
+        "calls outside the policy{when}:\n{}",
         violations.join("\n")
     );
-    p.assert_alive();
+    log
 }
 
 /// 256 KiB guest → host and 256 KiB host → guest on one connection.
@@ -298,16 +305,7 @@ pub fn stop_with_sigterm(p: &PluginProcess) {
         );
         std::thread::sleep(ms(20));
     };
-    let log = std::fs::read_to_string(&p.stderr_path).unwrap_or_default();
-    let violations: Vec<&str> = log
-        .lines()
-        .filter(|l| l.starts_with("seccomp-run:"))
-        .collect();
-    assert!(
-        violations.is_empty(),
-        "calls outside the policy at shutdown:\n{}",
-        violations.join("\n")
-    );
+    let log = assert_no_violations(p, " at shutdown");
     assert_eq!(
         status.code(),
         Some(0),
