@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::control::{Request, VmControl, VmReport};
 use crate::vhost_user::features::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET};
 use crate::vhost_user::listener::FrontendListener;
-use crate::vhost_user::session::{FrontendSession, SessionConfig};
+use crate::vhost_user::session::{FrontendSession, Outcome, SessionConfig};
 use crate::vhost_user::slot;
 use crate::vsock::device::{Rings, VsockDevice};
 use vsock_plugin_ipc::proto::control::DeviceState;
@@ -431,17 +431,17 @@ impl VmWorker {
                 // An established frontend keeps the slot: newcomers wait in the backlog.
                 self.sync_listener();
             }
-            Err(e) => {
-                match &e {
-                    crate::vhost_user::session::SessionError::Fatal(m)
-                        if m.contains("peer closed") =>
-                    {
-                        log::info!("[{}] frontend disconnected", self.name)
-                    }
-                    _ => log::error!("[{}] dropping the frontend: {e}", self.name),
+            Err(e) => match e.outcome() {
+                Outcome::Continue => log::warn!("[{}] {e}", self.name),
+                Outcome::Disconnected => {
+                    log::info!("[{}] frontend disconnected", self.name);
+                    self.drop_frontend();
                 }
-                self.drop_frontend();
-            }
+                Outcome::Dropped => {
+                    log::error!("[{}] dropping the frontend: {e}", self.name);
+                    self.drop_frontend();
+                }
+            },
         }
     }
 

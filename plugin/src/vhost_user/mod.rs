@@ -7,6 +7,7 @@
 //! - [`slot`]: who holds the single frontend slot; per-message deadline; when a newer connection
 //!   takes over.
 //! - [`session`]: request handlers and the state of one frontend connection.
+//! - [`session_error`]: its errors, typed by what the worker does next (go on, or drop the frontend).
 //! - [`memory`]: the guest memory table and frontend-VA → guest-physical translation.
 //! - [`features`]: what is offered and accepted.
 //! - [`fault_guard`]: SIGBUS containment for guest RAM whose fd can still shrink.
@@ -16,5 +17,6 @@ pub mod listener;
 pub mod memory;
 pub mod reader;
 pub mod session;
+pub mod session_error;
 pub mod slot;
 pub mod wire;

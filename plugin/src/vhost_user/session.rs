@@ -35,18 +35,10 @@ const VRING_NOFD: u64 = 0x100;
 /// Size of the vsock config space: `le64 guest_cid`.
 const CONFIG_SPACE_SIZE: u32 = 8;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// The request is refused; the connection goes on.
-    #[error("{0}")]
-    Refused(String),
-    /// The connection cannot go on.
-    #[error("{0}")]
-    Fatal(String),
-}
+pub use super::session_error::{FatalKind, Outcome, SessionError};
 
 fn refuse<T>(why: impl Into<String>) -> Result<T, SessionError> {
-    Err(SessionError::Refused(why.into()))
+    Err(SessionError::refused(why))
 }
 
 /// What a handled message changed, for the worker to act on.
@@ -98,7 +90,7 @@ impl FrontendSession {
         let vrings = (0..NUM_QUEUES)
             .map(|_| Vring::new(config.max_queue_size))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| SessionError::Fatal(e.to_string()))?;
+            .map_err(SessionError::resource)?;
         let mut virtio_offer = features::virtio_offer(config.seqpacket);
         let mut protocol_offer = features::protocol_offer();
         if config.iotlb.offers_access_platform() {
@@ -213,7 +205,7 @@ impl FrontendSession {
                         v.mark_broken("backend channel closed while a MISS was pending");
                     }
                 }
-                Err(SessionError::Refused(format!("backend channel: {e}")))
+                Err(SessionError::refused(format!("backend channel: {e}")))
             }
         }
     }
@@ -262,7 +254,7 @@ impl FrontendSession {
     /// Reads one message (blocking until it is whole), handles it and sends its reply. `Err`
     /// means: drop this frontend.
     pub fn serve_one(&mut self) -> Result<(), SessionError> {
-        let msg = wire::recv_message(&self.sock).map_err(|e| SessionError::Fatal(e.to_string()))?;
+        let msg = wire::recv_message(&self.sock)?;
         self.handle_message(msg)
     }
 
@@ -272,7 +264,7 @@ impl FrontendSession {
         match self.reader.poll(&self.sock) {
             Ok(Some(msg)) => self.handle_message(msg).map(|()| true),
             Ok(None) => Ok(false),
-            Err(e) => Err(SessionError::Fatal(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -292,11 +284,11 @@ impl FrontendSession {
         match self.dispatch(msg) {
             Ok(Reply::Body(body)) => self.send(request, &body),
             Ok(Reply::Ack) => self.ack(request, need_reply, 0),
-            Err(SessionError::Refused(why)) => {
-                log::warn!("vhost-user {name} refused: {why}");
+            Err(SessionError::Refused { reason }) => {
+                log::warn!("vhost-user {name} refused: {reason}");
                 self.ack(request, need_reply, 1)
             }
-            Err(SessionError::Fatal(why)) => Err(SessionError::Fatal(format!("{name}: {why}"))),
+            Err(fatal) => Err(fatal.in_request(&name)),
         }
     }
 
@@ -309,8 +301,7 @@ impl FrontendSession {
     }
 
     fn send(&self, request: u32, body: &[u8]) -> Result<(), SessionError> {
-        wire::send_reply(&self.sock, request, body)
-            .map_err(|e| SessionError::Fatal(format!("reply failed: {e}")))
+        wire::send_reply(&self.sock, request, body).map_err(SessionError::reply)
     }
 
     fn dispatch(&mut self, msg: Message) -> Result<Reply, SessionError> {
@@ -348,7 +339,7 @@ impl FrontendSession {
                 let file = exactly_one_fd(msg.fds)?;
                 self.memory
                     .add(region_spec(&region), file)
-                    .map_err(|e| SessionError::Refused(e.to_string()))?;
+                    .map_err(|e| SessionError::refused(e.to_string()))?;
                 self.rebuild_memory();
                 self.changes.queues_ready = 0xff;
                 Ok(Reply::Ack)
@@ -358,7 +349,7 @@ impl FrontendSession {
                 let region = parse::<VhostUserSingleMemoryRegion>(p)?;
                 self.memory
                     .remove(&region_spec(&region))
-                    .map_err(|e| SessionError::Refused(e.to_string()))?;
+                    .map_err(|e| SessionError::refused(e.to_string()))?;
                 self.rebuild_memory();
                 Ok(Reply::Ack)
             }
@@ -367,7 +358,7 @@ impl FrontendSession {
                 let num = s.num;
                 self.vring_mut(s.index)?
                     .set_num(num)
-                    .map_err(|e| SessionError::Refused(e.to_string()))?;
+                    .map_err(|e| SessionError::refused(e.to_string()))?;
                 Ok(Reply::Ack)
             }
             R::SET_VRING_ADDR => self.set_vring_addr(parse::<VhostUserVringAddr>(p)?),
@@ -381,9 +372,7 @@ impl FrontendSession {
             R::GET_VRING_BASE => {
                 let s = parse::<VhostUserVringState>(p)?;
                 let index = s.index;
-                let vring = self
-                    .vring_mut(index)
-                    .map_err(|e| SessionError::Fatal(e.to_string()))?;
+                let vring = self.vring_mut(index).map_err(SessionError::resource)?;
                 let base = vring.stop();
                 self.changes.kicks = true;
                 if self.vrings.iter().all(|v| !v.is_started()) {
@@ -418,7 +407,7 @@ impl FrontendSession {
                 vring.set_kick(Some(eventfd_from(fd)));
                 vring
                     .start(&mem)
-                    .map_err(|e| SessionError::Refused(format!("vring {index}: {e}")))?;
+                    .map_err(|e| SessionError::refused(format!("vring {index}: {e}")))?;
                 self.changes.kicks = true;
                 self.changes.queues_ready |= 1 << index;
                 Ok(Reply::Ack)
@@ -531,7 +520,7 @@ impl FrontendSession {
             .collect::<Result<Vec<_>, SessionError>>()?;
         self.memory
             .set_all(specs)
-            .map_err(|e| SessionError::Refused(e.to_string()))?;
+            .map_err(|e| SessionError::refused(e.to_string()))?;
         self.rebuild_memory();
         self.changes.queues_ready = 0xff;
         Ok(Reply::Ack)
@@ -555,7 +544,7 @@ impl FrontendSession {
             }
             self.vrings[index as usize]
                 .set_addresses(desc, avail, used)
-                .map_err(|e| SessionError::Refused(format!("vring {index}: {e}")))?;
+                .map_err(|e| SessionError::refused(format!("vring {index}: {e}")))?;
             return Ok(Reply::Ack);
         }
         // Ring addresses are frontend virtual addresses; map them to guest-physical ones. The
@@ -567,14 +556,14 @@ impl FrontendSession {
             (used, "used ring"),
         ]) {
             *gpa = self.memory.va_to_gpa(va, 1).ok_or_else(|| {
-                SessionError::Refused(format!(
+                SessionError::refused(format!(
                     "vring {index}: {what} address {va:#x} is not in the memory table"
                 ))
             })?;
         }
         self.vrings[index as usize]
             .set_addresses(gpas[0], gpas[1], gpas[2])
-            .map_err(|e| SessionError::Refused(format!("vring {index}: {e}")))?;
+            .map_err(|e| SessionError::refused(format!("vring {index}: {e}")))?;
         Ok(Reply::Ack)
     }
 
@@ -585,7 +574,7 @@ impl FrontendSession {
     fn get_config(&self, p: &[u8]) -> Result<Reply, SessionError> {
         let head_len = std::mem::size_of::<VhostUserConfig>();
         if p.len() < head_len {
-            return Err(SessionError::Fatal(format!(
+            return Err(SessionError::protocol(format!(
                 "GET_CONFIG payload of {} bytes is too short",
                 p.len()
             )));
@@ -621,10 +610,9 @@ impl FrontendSession {
                 FrontendReq::IOTLB_MSG.into(),
                 VhostUserU64::new(1).as_slice(),
             );
-            return Err(SessionError::Fatal(
+            return Err(SessionError::protocol(
                 "IOTLB_MSG received but this session does not translate (iotlb=off, or ACCESS_PLATFORM \
-                 not negotiated): the frontend expects translation; closing"
-                    .into(),
+                 not negotiated): the frontend expects translation; closing",
             ));
         }
         let status = match parse_iotlb_request(p).and_then(|req| self.apply_iotlb(req)) {
@@ -680,7 +668,7 @@ impl FrontendSession {
 
     fn vring_mut(&mut self, index: u32) -> Result<&mut Vring, SessionError> {
         self.vrings.get_mut(index as usize).ok_or_else(|| {
-            SessionError::Refused(format!(
+            SessionError::refused(format!(
                 "vring index {index} out of range (this device has {NUM_QUEUES})"
             ))
         })
@@ -826,8 +814,8 @@ mod tests {
                 wire::send_message(&front, request, flags, &payload, &fds).unwrap();
                 match session.serve_one() {
                     Ok(()) => {}
-                    Err(SessionError::Refused(_)) => {}
-                    Err(SessionError::Fatal(_)) => {
+                    Err(SessionError::Refused { .. }) => {}
+                    Err(SessionError::Fatal { .. }) => {
                         // The connection would be dropped: start a new one.
                         let (f, b) = UnixStream::pair().unwrap();
                         front = f;
