@@ -98,8 +98,8 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
         match session.serve_one() {
-            Ok(()) | Err(SessionError::Refused(_)) => {}
-            Err(SessionError::Fatal(_)) => break,
+            Ok(()) | Err(SessionError::Refused { .. }) => {}
+            Err(SessionError::Fatal { .. }) => break,
         }
         let _ = session.take_changes();
         // Replies are vhost-user frames: check each header that comes back.
