@@ -1,18 +1,7 @@
-//! `vsock-plugin ctl ...`: a client of `IDeviceControl` that prints tables or JSON.
-//!
-//! ```text
-//! ctl [--uri URI] [--json] COMMAND
-//!   caps                               protocol version and supported features
-//!   status                             VMs, negotiated features, IOTLB mode, uptime
-//!   connections [--cid CID]            live connections
-//!   metrics                            counters
-//!   routes                             which mapping serves which port
-//!   route CID PORT                     the mapping a guest connection would get now
-//!   policy list
-//!   policy allow|deny [--cid CID] [--port PORT] [--reason TEXT] [--max-connections N]
-//!   policy clear
-//!   reset CID GUEST_PORT HOST_PORT     reset one connection
-//! ```
+//! `vsock-plugin ctl ...`: a client of `IDeviceControl` that prints tables or JSON. The command
+//! line is [`CtlArgs`] (clap): `ctl [--uri URI] [--json] COMMAND`, with the commands caps, status,
+//! connections [--cid CID], metrics, routes, route CID PORT, policy list|allow|deny|clear, and
+//! reset CID GUEST_PORT HOST_PORT (`vsock-plugin ctl --help` lists them).
 //!
 //! `URI` defaults to `$VSOCK_PLUGIN_CONTROL`, else `binder://default`. The client asks for the
 //! server's capabilities first and never sends a feature the server did not advertise (a
@@ -25,6 +14,8 @@ use android_vsockplugin::aidl::android::vsockplugin::{
     ErrorCode::ErrorCode, IDeviceControl::IDeviceControl,
 };
 use android_vsockplugin::binder::{Status, Strong};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use protobuf::{Enum, MessageFull};
 
 use crate::platform::{self, ControlUri};
@@ -40,17 +31,93 @@ pub const URI_ENV: &str = "VSOCK_PLUGIN_CONTROL";
 /// URI used when neither `--uri` nor the environment names one.
 pub const DEFAULT_URI: &str = "binder://default";
 
-/// Usage text.
-pub const USAGE: &str = "usage: ctl [--uri URI] [--json] COMMAND
-  caps | status | connections [--cid CID] | metrics | routes | route CID PORT
-  policy list | policy allow|deny [--cid CID] [--port PORT] [--reason TEXT] [--max-connections N]
-  policy clear | reset CID GUEST_PORT HOST_PORT
-URI: binder://NAME or unix:///path#NAME (default: $VSOCK_PLUGIN_CONTROL, else binder://default)";
+/// The `ctl` command line: global options and one command.
+#[derive(Parser, Debug)]
+#[command(
+    name = "vsock-plugin ctl",
+    no_binary_name = true,
+    about = "Talk to a running vsock-plugin's control plane (IDeviceControl).",
+    disable_version_flag = true
+)]
+struct CtlArgs {
+    #[arg(long, value_name = "URI", global = true, help = uri_help())]
+    uri: Option<String>,
+    /// Print protobuf JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn uri_help() -> String {
+    format!("The control service: binder://NAME or unix:///path#NAME [default: ${URI_ENV}, else {DEFAULT_URI}]")
+}
+
+/// A command.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+enum Command {
+    /// Protocol version and supported features
+    Caps,
+    /// VMs, negotiated features, IOTLB mode, uptime
+    Status,
+    /// Live connections
+    Connections {
+        /// Only this guest's connections
+        #[arg(long)]
+        cid: Option<u64>,
+    },
+    /// Counters
+    Metrics,
+    /// Which mapping serves which port
+    Routes,
+    /// The mapping a guest connection to PORT would get now
+    Route { cid: u64, port: u32 },
+    /// Per-(cid, port) allow/deny rules
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Reset one connection
+    Reset {
+        cid: u64,
+        guest_port: u32,
+        host_port: u32,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+enum PolicyCommand {
+    /// The rules in force
+    List,
+    /// Allow matching connections (a rule with limits caps them)
+    Allow(RuleArgs),
+    /// Refuse matching connections
+    Deny(RuleArgs),
+    /// Drop every rule
+    Clear,
+}
+
+/// What a policy rule matches (absent: any) and its limits.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+struct RuleArgs {
+    #[arg(long)]
+    cid: Option<u64>,
+    #[arg(long)]
+    port: Option<u32>,
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// At most N concurrent connections (needs FEATURE_POLICY_LIMITS)
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u32>,
+}
+
+/// The `ctl --help` text.
+pub fn help() -> String {
+    CtlArgs::command().render_help().to_string()
+}
 
 /// Why a ctl command failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CtlError {
-    /// Bad command line (exit status 2).
+    /// Bad command line (exit status 2): one line naming what is wrong.
     Usage(String),
     /// The control service could not be reached.
     Connect(String),
@@ -71,7 +138,7 @@ impl CtlError {
 impl std::fmt::Display for CtlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CtlError::Usage(m) => write!(f, "{m}\n{USAGE}"),
+            CtlError::Usage(m) => write!(f, "{m} (try `vsock-plugin ctl --help`)"),
             CtlError::Connect(m) => write!(f, "cannot reach the control service: {m}"),
             CtlError::Call(m) => write!(f, "{m}"),
         }
@@ -107,162 +174,59 @@ fn call_err(what: &str) -> impl Fn(Status) -> CtlError + '_ {
     move |s| CtlError::Call(format!("{what}: {}", describe_status(&s)))
 }
 
-fn usage(m: impl Into<String>) -> CtlError {
-    CtlError::Usage(m.into())
-}
-
-fn num<T: std::str::FromStr>(what: &str, v: Option<&String>) -> Result<T, CtlError> {
-    let v = v.ok_or_else(|| usage(format!("missing {what}")))?;
-    v.parse()
-        .map_err(|_| usage(format!("{what} {v:?} is not a number")))
-}
-
 /// The control URI used when `--uri` is absent.
 pub fn default_uri() -> String {
     std::env::var(URI_ENV).unwrap_or_else(|_| DEFAULT_URI.to_string())
 }
 
+/// What a `ctl` command line asks for: a command, or the help text.
+enum Parsed {
+    Run(CtlArgs),
+    Help(String),
+}
+
+/// Parses the arguments (without the program and `ctl` words); a clap error becomes one line.
+fn parse<S: AsRef<str>>(args: &[S]) -> Result<Parsed, CtlError> {
+    match CtlArgs::try_parse_from(args.iter().map(AsRef::as_ref)) {
+        Ok(a) => Ok(Parsed::Run(a)),
+        Err(e) if e.kind() == ErrorKind::DisplayHelp => Ok(Parsed::Help(e.to_string())),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand
+            ) =>
+        {
+            Err(CtlError::Usage("no command".into()))
+        }
+        Err(e) => Err(CtlError::Usage(clap_error_line(&e))),
+    }
+}
+
+/// A clap error as one line: its message up to the usage, without the `error: ` prefix (clap
+/// puts the missing arguments on lines of their own).
+pub fn clap_error_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = message.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
 /// Run `ctl` with `args` (without the program and `ctl` words). Returns the text to print.
 pub fn run<S: AsRef<str>>(args: &[S]) -> Result<String, CtlError> {
-    let mut uri = None;
-    let mut json = false;
-    let mut rest: Vec<String> = Vec::new();
-    let mut it = args.iter().map(|a| a.as_ref().to_string());
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--uri" => uri = Some(it.next().ok_or_else(|| usage("--uri needs a value"))?),
-            "--json" => json = true,
-            "-h" | "--help" => return Ok(USAGE.to_string()),
-            _ => rest.push(a),
-        }
-    }
-    let Some(cmd) = rest.first().cloned() else {
-        return Err(usage("no command"));
+    // The command line is checked before connecting.
+    let a = match parse(args)? {
+        Parsed::Run(a) => a,
+        Parsed::Help(text) => return Ok(text),
     };
-    let uri = ControlUri::parse(&uri.unwrap_or_else(default_uri)).map_err(usage)?;
-    // Check the command line before connecting.
-    let cmd = Command::parse(&cmd, &rest[1..])?;
+    let uri = a.uri.unwrap_or_else(default_uri);
+    let uri = ControlUri::parse(&uri).map_err(CtlError::Usage)?;
     let (svc, _session) = platform::connect_control(&uri, false, Some(Duration::from_secs(10)))
         .map_err(|e| CtlError::Connect(format!("{uri}: {e:?}")))?;
-    execute(&*svc, &cmd, json)
-}
-
-/// A parsed command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Command {
-    Caps,
-    Status,
-    Connections {
-        cid: Option<u64>,
-    },
-    Metrics,
-    Routes,
-    Route {
-        cid: u64,
-        port: u32,
-    },
-    PolicyList,
-    PolicySet {
-        action: PolicyAction,
-        cid: Option<u64>,
-        port: Option<u32>,
-        reason: String,
-        max_connections: Option<u32>,
-    },
-    PolicyClear,
-    Reset {
-        cid: u64,
-        guest_port: u32,
-        host_port: u32,
-    },
-}
-
-fn opts(args: &[String], allowed: &[&str]) -> Result<Vec<(String, String)>, CtlError> {
-    let mut out = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if !allowed.contains(&a.as_str()) {
-            return Err(usage(format!("unexpected argument {a:?}")));
-        }
-        let v = it
-            .next()
-            .ok_or_else(|| usage(format!("{a} needs a value")))?;
-        out.push((a.clone(), v.clone()));
-    }
-    Ok(out)
-}
-
-impl Command {
-    fn parse(cmd: &str, args: &[String]) -> Result<Command, CtlError> {
-        let positional = |n: usize| -> Result<(), CtlError> {
-            if args.len() == n {
-                Ok(())
-            } else {
-                Err(usage(format!("{cmd} takes {n} argument(s)")))
-            }
-        };
-        Ok(match cmd {
-            "caps" => positional(0).map(|_| Command::Caps)?,
-            "status" => positional(0).map(|_| Command::Status)?,
-            "metrics" => positional(0).map(|_| Command::Metrics)?,
-            "routes" => positional(0).map(|_| Command::Routes)?,
-            "connections" => {
-                let mut cid = None;
-                for (_, v) in opts(args, &["--cid"])? {
-                    cid = Some(num("--cid", Some(&v))?);
-                }
-                Command::Connections { cid }
-            }
-            "route" => {
-                positional(2)?;
-                Command::Route {
-                    cid: num("CID", args.first())?,
-                    port: num("PORT", args.get(1))?,
-                }
-            }
-            "reset" => {
-                positional(3)?;
-                Command::Reset {
-                    cid: num("CID", args.first())?,
-                    guest_port: num("GUEST_PORT", args.get(1))?,
-                    host_port: num("HOST_PORT", args.get(2))?,
-                }
-            }
-            "policy" => match args.first().map(String::as_str) {
-                Some("list") if args.len() == 1 => Command::PolicyList,
-                Some("clear") if args.len() == 1 => Command::PolicyClear,
-                Some(a @ ("allow" | "deny")) => {
-                    let action = if a == "allow" {
-                        PolicyAction::POLICY_ACTION_ALLOW
-                    } else {
-                        PolicyAction::POLICY_ACTION_DENY
-                    };
-                    let (mut cid, mut port, mut reason, mut max_connections) =
-                        (None, None, String::new(), None);
-                    for (k, v) in opts(
-                        &args[1..],
-                        &["--cid", "--port", "--reason", "--max-connections"],
-                    )? {
-                        match k.as_str() {
-                            "--cid" => cid = Some(num("--cid", Some(&v))?),
-                            "--port" => port = Some(num("--port", Some(&v))?),
-                            "--reason" => reason = v,
-                            _ => max_connections = Some(num("--max-connections", Some(&v))?),
-                        }
-                    }
-                    Command::PolicySet {
-                        action,
-                        cid,
-                        port,
-                        reason,
-                        max_connections,
-                    }
-                }
-                _ => return Err(usage("policy list|clear|allow|deny ...")),
-            },
-            other => return Err(usage(format!("unknown command {other:?}"))),
-        })
-    }
+    execute(&*svc, &a.command, a.json)
 }
 
 /// The proto3 JSON mapping of `m` (stable: field names are the schema's), with default values
@@ -346,45 +310,29 @@ fn execute(svc: &dyn IDeviceControl, cmd: &Command, json: bool) -> Result<String
             let r: RouteInfo = reply("explainRoute", svc.explainRoute(&encode(&req)))?;
             show(json, &r, |r| render_routes(std::slice::from_ref(r)))?
         }
-        Command::PolicyList => {
+        Command::Policy(PolicyCommand::List) => {
             let p: PolicyList = reply("getPolicy", svc.getPolicy(&[]))?;
             show(json, &p, render_policy)?
         }
-        Command::PolicySet {
-            action,
-            cid,
-            port,
-            reason,
-            max_connections,
-        } => {
-            let mut req = SetPolicyRequest::new();
-            let mut rule = PolicyRule {
-                guest_cid: *cid,
-                host_port: *port,
-                action: (*action).into(),
-                reason: reason.clone(),
-                ..Default::default()
-            };
-            if let Some(n) = max_connections {
-                if !has(features::POLICY_LIMITS) {
-                    return Err(CtlError::Call(
-                        "the server does not enforce policy limits (no FEATURE_POLICY_LIMITS)"
-                            .into(),
-                    ));
-                }
-                rule.limits = Some(PolicyLimits {
-                    max_connections: *n,
-                    ..Default::default()
-                })
-                .into();
-                req.required_features |= features::POLICY_LIMITS;
-            }
-            req.rules.push(rule);
-            svc.setPolicy(&encode(&req))
-                .map_err(call_err("setPolicy"))?;
+        Command::Policy(PolicyCommand::Allow(rule)) => {
+            set_rule(
+                svc,
+                PolicyAction::POLICY_ACTION_ALLOW,
+                rule,
+                has(features::POLICY_LIMITS),
+            )?;
             ok(json)
         }
-        Command::PolicyClear => {
+        Command::Policy(PolicyCommand::Deny(rule)) => {
+            set_rule(
+                svc,
+                PolicyAction::POLICY_ACTION_DENY,
+                rule,
+                has(features::POLICY_LIMITS),
+            )?;
+            ok(json)
+        }
+        Command::Policy(PolicyCommand::Clear) => {
             let req = SetPolicyRequest {
                 replace_all: true,
                 ..Default::default()
@@ -411,23 +359,44 @@ pub fn run_on<S: AsRef<str>>(
     svc: &Strong<dyn IDeviceControl>,
     args: &[S],
 ) -> Result<String, CtlError> {
-    let mut json = false;
-    let mut rest = Vec::new();
-    let mut it = args.iter().map(|a| a.as_ref().to_string());
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--json" => json = true,
-            "--uri" => {
-                it.next();
-            }
-            _ => rest.push(a),
-        }
+    match parse(args)? {
+        Parsed::Run(a) => execute(&**svc, &a.command, a.json),
+        Parsed::Help(text) => Ok(text),
     }
-    let Some(cmd) = rest.first().cloned() else {
-        return Err(usage("no command"));
+}
+
+/// Adds one allow/deny rule; limits only to a server that enforces them.
+fn set_rule(
+    svc: &dyn IDeviceControl,
+    action: PolicyAction,
+    r: &RuleArgs,
+    limits_supported: bool,
+) -> Result<(), CtlError> {
+    let mut req = SetPolicyRequest::new();
+    let mut rule = PolicyRule {
+        guest_cid: r.cid,
+        host_port: r.port,
+        action: action.into(),
+        reason: r.reason.clone(),
+        ..Default::default()
     };
-    let cmd = Command::parse(&cmd, &rest[1..])?;
-    execute(&**svc, &cmd, json)
+    if let Some(n) = r.max_connections {
+        if !limits_supported {
+            return Err(CtlError::Call(
+                "the server does not enforce policy limits (no FEATURE_POLICY_LIMITS)".into(),
+            ));
+        }
+        rule.limits = Some(PolicyLimits {
+            max_connections: n,
+            ..Default::default()
+        })
+        .into();
+        req.required_features |= features::POLICY_LIMITS;
+    }
+    req.rules.push(rule);
+    svc.setPolicy(&encode(&req))
+        .map_err(call_err("setPolicy"))?;
+    Ok(())
 }
 
 fn ok(json: bool) -> String {

@@ -148,17 +148,31 @@ fn reset_and_errors() {
             "resetConnection: NOT_FOUND: not found: no connection cid 3 1024->5000".into()
         )
     );
+    // Usage errors (clap's wording, one line), checked before anything is sent.
     let e = run(&f, &["frobnicate"]).unwrap_err();
-    assert_eq!(e, CtlError::Usage("unknown command \"frobnicate\"".into()));
+    assert_eq!(
+        e,
+        CtlError::Usage("unrecognized subcommand 'frobnicate'".into())
+    );
     assert_eq!(e.exit_code(), 2);
     assert_eq!(
         run(&f, &["route", "3"]).unwrap_err(),
-        CtlError::Usage("route takes 2 argument(s)".into())
+        CtlError::Usage("the following required arguments were not provided: <PORT>".into())
     );
     assert_eq!(
         run(&f, &["reset", "x", "1", "2"]).unwrap_err(),
-        CtlError::Usage("CID \"x\" is not a number".into())
+        CtlError::Usage("invalid value 'x' for '<CID>': invalid digit found in string".into())
     );
+    assert_eq!(
+        run(&f, &[]).unwrap_err(),
+        CtlError::Usage("no command".into())
+    );
+    assert_eq!(
+        run(&f, &["policy", "allow", "--max-connections", "-1"]).unwrap_err(),
+        CtlError::Usage("unexpected argument '-1' found".into())
+    );
+    assert!(ctl::run(&["--help"]).unwrap().contains("policy"));
+    assert!(ctl::help().contains("[default: $VSOCK_PLUGIN_CONTROL, else binder://default]"));
     assert_eq!(
         ctl::run(&["--uri", "tcp://x", "status"])
             .unwrap_err()

@@ -8,7 +8,7 @@
 //!                                    vsock::{packet, connection, credit, device}  the vsock protocol
 //!  host Unix sockets / sibling VMs ◄► host::{unix, connect_line, sibling}     hybrid vsock, VM-to-VM
 //!                                    worker                                   one event loop per VM
-//!                                    config                                   one serde struct per VM
+//!                                    config                                   one VmConfig per VM (clap CLI, file)
 //! ```
 //!
 //! [`Plugin::start`] runs one [`worker::VmWorker`] thread per configured VM.

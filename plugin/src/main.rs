@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use vsock_plugin::config::cli::{parse_args, Command, USAGE};
+use vsock_plugin::config::cli::{help, parse_args, Command};
 use vsock_plugin::readiness::Readiness;
 use vsock_plugin::Plugin;
 
@@ -38,7 +38,7 @@ fn bound_malloc_arenas() {
 fn main() -> ExitCode {
     vsock_plugin::panic_exit::install();
     bound_malloc_arenas();
-    let (configs, process) = match parse_args(std::env::args().skip(1)) {
+    let (configs, process) = match parse_args(std::env::args_os().skip(1)) {
         Ok(Command::Run(configs, process)) => (configs, process),
         Ok(Command::Ctl(args)) => {
             return match vsock_plugin_ipc::ctl::run(&args) {
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
             };
         }
         Ok(Command::Help) => {
-            print!("{USAGE}");
+            print!("{}", help());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {

@@ -63,6 +63,7 @@ const DEP_TABLE: &[(&str, Aosp, Sure)] = &[
     ("libc", Aosp::Module("liblibc"), Sure::Seen),
     ("log", Aosp::Module("liblog_rust"), Sure::Seen),
     ("serde", Aosp::Module("libserde"), Sure::Seen),
+    ("clap", Aosp::Module("libclap"), Sure::Seen),
     ("thiserror", Aosp::Module("libthiserror"), Sure::Seen),
     ("protobuf", Aosp::Module("libprotobuf"), Sure::Seen),
     (
@@ -252,6 +253,13 @@ const AOSP_CRATES: &[AospCrate] = &[
         name: "protobuf",
         version: "3.7.2",
         features: &["bytes"],
+        differs: None,
+    },
+    AospCrate {
+        // crates/clap/Android.bp: cargo_pkg_version 4.6.1, edition 2024.
+        name: "clap",
+        version: "4.6.1",
+        features: &["derive", "error-context", "help", "std", "string", "usage"],
         differs: None,
     },
 ];

@@ -1,13 +1,21 @@
-//! Command-line parsing: `--vm key=value,...` (repeatable) or vhost-device-vsock's single-VM flags.
+//! The command line, on clap (derive): vhost-device-vsock's single-VM flags or a repeatable
+//! `--vm key=value,...` (both made of the same per-VM options, [`super::vm_args`]), a `--config`
+//! file, and the process-wide options. `vsock-plugin ctl ...` (as the first argument) is the
+//! control-plane client, parsed by `vsock_plugin_ipc::ctl`.
 //!
-//! The single-VM flags are collected into a `key=value,...` string and parsed by the same
-//! [`from_key_values`] as `--vm`, so [`VmConfig`] is the one source of truth for keys and defaults.
+//! The contract users rely on: a bad command line is one error line (naming the option, or the
+//! `--vm` and its key) and exit status 2.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::keyvalue::{from_key_values, KeyValueError};
-use super::{ConfigError, VmConfig, FIRST_GUEST_CID};
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+
+use super::vm_args::{self, Form, VmArgs};
+use super::{vm_spec, ConfigError, VmConfig};
+use crate::sandbox::SandboxMode;
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,91 +24,98 @@ pub enum Command {
     Run(Vec<VmConfig>, crate::ProcessOptions),
     /// `vsock-plugin ctl …`: talk to a running plugin's control plane (arguments after `ctl`).
     Ctl(Vec<String>),
-    /// `-h` / `--help`: print [`USAGE`].
+    /// `-h` / `--help`: print [`help`].
     Help,
     /// `-V` / `--version`.
     Version,
 }
 
-/// Help text (`--help`), matching README.md's table.
-pub const USAGE: &str = "\
-Usage: vsock-plugin [OPTIONS]
+const USAGE: &str = "vsock-plugin [OPTIONS] --socket PATH --uds-path PATH
        vsock-plugin --vm KEY=VALUE,... [--vm KEY=VALUE,...]...
+       vsock-plugin --config FILE
+       vsock-plugin ctl COMMAND ...";
 
-A vhost-user virtio-vsock device for crosvm, QEMU and Cuttlefish.
-
+const EXAMPLES: &str = "\
 One VM (vhost-device-vsock's syntax):
     vsock-plugin --guest-cid 3 --socket /run/vsock/vm3.vhost --uds-path /run/vsock/vm3.vsock
-Several VMs (repeatable; keys are the same as the long options):
+Several VMs (repeatable; keys are the same as the VM options):
     vsock-plugin --vm guest-cid=3,socket=/run/vsock/a.vhost,uds-path=/run/vsock/a.vsock,groups=g1 \\
                  --vm guest-cid=4,socket=/run/vsock/b.vhost,uds-path=/run/vsock/b.vsock,groups=g1+g2
+Talk to a running plugin (caps, status, connections, metrics, routes, policy ...):
+    vsock-plugin ctl --help
 
-Options (each also as `--option=VALUE`; as `--vm` keys, without the dashes):
-    --guest-cid CID                 the guest's CID, 3..=4294967294 [default: 3 in the single-VM form]
-    --socket PATH                   vhost-user socket path to listen on; /proc/self/fd/N or
-                                    /dev/fd/N means an inherited fd
-    --socket-fd FD                  an inherited fd: a listening socket or an already-connected
-                                    vhost-user stream (exactly one of socket / socket-fd)
-    --uds-path PATH                 hybrid vsock base path: guest->host port P connects to
-                                    PATH_P; host clients connect to PATH and send `connect P`
-    --tx-buffer-size BYTES          per-connection buffer advertised to the guest (buf_alloc),
-                                    4096..=1073741824 [default: 262144]
-    --queue-size N                  largest virtqueue size accepted, a power of two <= 32768
-                                    [default: 32768]
-    --groups A+B                    guests sharing a group reach each other by CID
-                                    [default: default]
-    --max-connections N             connections per VM; more are refused with RST [default: 1024]
-    --connect-timeout-ms MS         reset a connection stuck connecting [default: 2000]
-    --shutdown-timeout-ms MS        reset a connection stuck closing [default: 2000]
-    --connect-line-timeout-ms MS    drop a host client that sends no CONNECT line [default: 5000]
-    --ok-reply guest-port|host-port reply `OK <guest port>` (Cuttlefish) or Firecracker's
-                                    `OK <local port>` [default: guest-port]
-    --seqpacket [on|off]            offer VIRTIO_VSOCK_F_SEQPACKET [default: on]
-    --access-platform [true|false]  offer VIRTIO_F_ACCESS_PLATFORM (bit 33): the guest uses the
-                                    DMA API. Never turns on address translation [default: false]
-    --iotlb off|required|auto       IOTLB translation of ring and buffer addresses (IOVAs).
-                                    required: offer bit 33 + BACKEND_REQ, refuse a session without
-                                    bit 33; auto: translate iff bit 33 is negotiated (trusts the
-                                    frontend) [default: off]
-    --iotlb-miss-timeout-ms MS      a MISS unanswered this long stops the queue [default: 5000]
-    --iotlb-max-entries N           IOTLB entries kept; the oldest is evicted [default: 2048]
-    --vm KEY=VALUE,...              one VM; cannot be mixed with the single-VM options above.
-                                    Quote a value holding ',' as KEY=\"VALUE\"
-    --config FILE                   the VMs as a PluginConfig protobuf message (proto/protos/
-                                    config.proto), in JSON or binary form; zero = default
-    --control URI                   serve the control plane (binder://NAME, or binder RPC at
-                                    unix:///path#NAME); see `vsock-plugin ctl --help`
-    --control-allow-uid UID[+UID]   uids allowed to call the control plane (own uid always)
-    --ready-fd FD                   write one byte to FD and close it once every socket listens
-                                    (also: READY=1 to $NOTIFY_SOCKET when set, as systemd expects)
-    --socket-group-access           socket files the plugin creates are mode 0660 (its group
-                                    may connect) instead of 0600 (only its uid), any umask
-    --sandbox full|stock            stock: stay inside Cuttlefish's stock vhost_device_vsock
-                                    seccomp policy, giving up half-close (a guest SHUTDOWN(SEND)
-                                    is not passed to the host socket); full: everything, needs the
-                                    patched policy (cuttlefish/sandbox/) [default: full, or
-                                    $VSOCK_PLUGIN_SANDBOX when set]
-    ctl COMMAND ...                 talk to a running plugin: caps, status, connections, metrics,
-                                    routes, policy ... (as the first argument)
-    -h, --help                      print this help
-    -V, --version                   print the version
+Bad arguments print one error line and exit with status 2. Logging: RUST_LOG=debug.";
 
-Bad arguments print one error line and exit with status 2. Logging: RUST_LOG=debug.
-";
+/// `vsock-plugin`'s options (the VM options are [`VmArgs`]).
+#[derive(Parser, Debug)]
+#[command(
+    name = "vsock-plugin",
+    version,
+    about = "A vhost-user virtio-vsock device for crosvm, QEMU and Cuttlefish.",
+    override_usage = USAGE,
+    after_help = EXAMPLES,
+    disable_help_flag = true,
+    disable_version_flag = true,
+    next_help_heading = "VM options (as --vm keys: without the dashes)"
+)]
+struct Cli {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// One VM as KEY=VALUE,... (repeatable); cannot be mixed with the VM options above. Quote a
+    /// value holding ',' as KEY="VALUE"
+    #[arg(long = "vm", value_name = "KEY=VALUE,...", value_parser = vm_spec::parse, allow_hyphen_values = true, help_heading = "Process options")]
+    vms: Vec<VmConfig>,
+    /// The VMs as a PluginConfig protobuf message (proto/protos/config.proto), in JSON or binary
+    /// form; zero = default
+    #[arg(long, value_name = "FILE", value_parser = clap::builder::OsStringValueParser::new(), allow_hyphen_values = true, help_heading = "Process options")]
+    config: Option<OsString>,
+    /// Serve the control plane (binder://NAME, or binder RPC at unix:///path#NAME); see
+    /// `vsock-plugin ctl --help`
+    #[arg(
+        long,
+        value_name = "URI",
+        overrides_with = "control",
+        allow_hyphen_values = true,
+        help_heading = "Process options"
+    )]
+    control: Option<String>,
+    /// Uids allowed to call the control plane (own uid always)
+    #[arg(long, value_name = "UID[+UID]", value_parser = uid_list, allow_hyphen_values = true, help_heading = "Process options")]
+    control_allow_uid: Vec<Vec<u32>>,
+    /// Write one byte to FD and close it once every socket listens (also: READY=1 to
+    /// $NOTIFY_SOCKET when set, as systemd expects)
+    #[arg(long, value_name = "FD", value_parser = ready_fd, allow_hyphen_values = true, help_heading = "Process options")]
+    ready_fd: Option<i32>,
+    /// Socket files the plugin creates are mode 0660 (its group may connect) instead of 0600
+    /// (only its uid), any umask
+    #[arg(long, help_heading = "Process options")]
+    socket_group_access: bool,
+    /// stock: stay inside Cuttlefish's stock vhost_device_vsock seccomp policy, giving up
+    /// half-close (a guest SHUTDOWN(SEND) is not passed to the host socket); full: everything,
+    /// needs the patched policy (cuttlefish/sandbox/) [default: full, or $VSOCK_PLUGIN_SANDBOX]
+    #[arg(long, value_name = "full|stock", value_parser = sandbox_mode, allow_hyphen_values = true, help_heading = "Process options")]
+    sandbox: Option<SandboxMode>,
+    /// Print this help
+    #[arg(short = 'h', long, action = ArgAction::Help, help_heading = "Process options")]
+    help: Option<bool>,
+    /// Print the version
+    #[arg(short = 'V', long, action = ArgAction::Version, help_heading = "Process options")]
+    version: Option<bool>,
+}
+
+/// The `--help` text, from the options' definitions (their defaults are [`super::defaults`]).
+pub fn help() -> String {
+    Cli::command().render_help().to_string()
+}
 
 /// Why the command line was rejected; the message is one line naming the option or key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CliError {
-    #[error("unknown option {0:?} (try --help)")]
-    UnknownOption(String),
-    #[error("unexpected argument {0:?} (try --help)")]
-    UnexpectedArgument(String),
-    #[error("option {0} needs a value")]
-    MissingValue(String),
-    #[error("option {0} takes no value")]
-    UnexpectedValue(String),
-    #[error("option {0} given more than once")]
-    RepeatedOption(String),
+    /// What clap refused, in one line naming the option (or `--vm #N` and its key).
+    #[error("{0}")]
+    Usage(String),
+    #[error("unexpected argument \"--\" (try --help)")]
+    DoubleDash,
     #[error("--vm cannot be combined with single-VM options such as {0}")]
     MixedForms(String),
     #[error("no VM configured: give --socket/--uds-path or --vm")]
@@ -108,7 +123,7 @@ pub enum CliError {
     #[error("{0} VMs configured: one process serves at most {max}", max = super::MAX_VMS)]
     TooManyVms(usize),
     #[error("{0}")]
-    BadProcessOption(String),
+    Sandbox(String),
     #[error("{0}")]
     Namespace(#[from] super::namespace::NamespaceError),
     #[error("--config: {0}")]
@@ -116,11 +131,11 @@ pub enum CliError {
     #[error("--config cannot be combined with {0}")]
     ConfigMixed(String),
     /// A `--vm` value (numbered from 1) that does not parse.
-    #[error("--vm #{index}: {source}")]
-    VmSpec { index: usize, source: KeyValueError },
-    /// The single-VM options do not parse.
-    #[error("{}", flag_message(.0))]
-    Options(KeyValueError),
+    #[error("--vm #{index}: {message}")]
+    VmSpec { index: usize, message: String },
+    /// The single-VM options lack a required one.
+    #[error("{0}")]
+    Options(String),
     /// A VM's values are out of bounds; `context` is `--vm #N: ` or empty in the single-VM form.
     #[error("{context}{source}")]
     Invalid {
@@ -158,209 +173,52 @@ pub enum CliError {
     },
 }
 
-/// Renders a key=value error in terms of the single-VM options (`--key`).
-fn flag_message(e: &KeyValueError) -> String {
-    match e {
-        KeyValueError::MissingKey { key } => format!("missing required option --{key}"),
-        KeyValueError::InvalidValue {
-            key: Some(k),
-            value,
-            problem,
-        } => {
-            format!("invalid value {value:?} for --{k}: {problem}")
-        }
-        KeyValueError::Custom {
-            key: Some(k),
-            message,
-        } => format!("--{k}: {message}"),
-        other => other.to_string(),
-    }
-}
-
-/// The single-VM options, by their `VmConfig` key (the option is `--` + key).
-const SINGLE_VM_KEYS: &[&str] = &[
-    "guest-cid",
-    "socket",
-    "socket-fd",
-    "uds-path",
-    "tx-buffer-size",
-    "queue-size",
-    "groups",
-    "max-connections",
-    "connect-timeout-ms",
-    "shutdown-timeout-ms",
-    "connect-line-timeout-ms",
-    "ok-reply",
-    "seqpacket",
-    "access-platform",
-    "iotlb",
-    "iotlb-miss-timeout-ms",
-    "iotlb-max-entries",
-];
-
 /// Parses the arguments (without argv\[0\]) into a [`Command`]; every VM is validated.
-pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliError> {
-    let mut args = args.into_iter().peekable();
-    if args.peek().is_some_and(|a| a == "ctl") {
-        return Ok(Command::Ctl(args.skip(1).collect()));
+pub fn parse_args<I, T>(args: I) -> Result<Command, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if args.first().is_some_and(|a| a == "ctl") {
+        let rest = args[1..].iter().map(|a| a.to_string_lossy().into_owned());
+        return Ok(Command::Ctl(rest.collect()));
     }
-    let mut process = crate::ProcessOptions::default();
-    let mut sandbox_flag = None;
-    let mut config_file: Option<String> = None;
-    let mut vm_specs: Vec<String> = Vec::new();
-    let mut flags: Vec<(&'static str, String)> = Vec::new();
-
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            _ => {}
-        }
-        let Some(long) = arg.strip_prefix("--").filter(|l| !l.is_empty()) else {
-            return Err(if arg.starts_with('-') && arg != "-" && arg != "--" {
-                CliError::UnknownOption(arg)
-            } else {
-                CliError::UnexpectedArgument(arg)
-            });
-        };
-        let (name, inline) = match long.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (long, None),
-        };
-        let option = format!("--{name}");
-        if name == "help" || name == "version" {
-            return Err(CliError::UnexpectedValue(option));
-        }
-        if name == "config" {
-            let Some(value) = inline.or_else(|| args.next()) else {
-                return Err(CliError::MissingValue(option));
-            };
-            if config_file.replace(value).is_some() {
-                return Err(CliError::RepeatedOption(option));
-            }
-            continue;
-        }
-        if name == "socket-group-access" {
-            if inline.is_some() {
-                return Err(CliError::UnexpectedValue(option));
-            }
-            process.socket_group_access = true;
-            continue;
-        }
-        if name == "control" || name == "control-allow-uid" {
-            let Some(value) = inline.or_else(|| args.next()) else {
-                return Err(CliError::MissingValue(option));
-            };
-            if name == "control" {
-                process.control = Some(value);
-            } else {
-                for uid in value.split('+') {
-                    let uid = uid.parse::<u32>().map_err(|_| {
-                        CliError::BadProcessOption(format!("{option}: bad uid {uid:?}"))
-                    })?;
-                    process.control_allow_uids.push(uid);
-                }
-            }
-            continue;
-        }
-        if name == "ready-fd" {
-            let Some(value) = inline.or_else(|| args.next()) else {
-                return Err(CliError::MissingValue(option));
-            };
-            let fd = value
-                .parse::<i32>()
-                .ok()
-                .filter(|fd| *fd >= 0)
-                .ok_or_else(|| CliError::BadProcessOption(format!("{option}: bad fd {value:?}")))?;
-            if process.ready_fd.replace(fd).is_some() {
-                return Err(CliError::RepeatedOption(option));
-            }
-            continue;
-        }
-        if name == "sandbox" {
-            let Some(value) = inline.or_else(|| args.next()) else {
-                return Err(CliError::MissingValue(option));
-            };
-            let mode = crate::sandbox::SandboxMode::parse(&value).ok_or_else(|| {
-                CliError::BadProcessOption(format!("{option}: {value:?} is not full or stock"))
-            })?;
-            if sandbox_flag.replace(mode).is_some() {
-                return Err(CliError::RepeatedOption(option));
-            }
-            continue;
-        }
-        if name == "vm" {
-            let value = match inline.or_else(|| args.next()) {
-                Some(v) => v,
-                None => return Err(CliError::MissingValue(option)),
-            };
-            if vm_specs.len() >= super::MAX_VMS {
-                return Err(CliError::TooManyVms(vm_specs.len() + 1));
-            }
-            vm_specs.push(value);
-            continue;
-        }
-        let Some(&key) = SINGLE_VM_KEYS.iter().find(|k| **k == name) else {
-            return Err(CliError::UnknownOption(option));
-        };
-        let value = match inline {
-            Some(v) => v,
-            // `--seqpacket` alone means `on`; it takes the next argument only if it is on/off.
-            None if key == "seqpacket" => match args.next_if(|v| v == "on" || v == "off") {
-                Some(v) => v,
-                None => "on".to_string(),
-            },
-            // `--access-platform` alone means `true`.
-            None if key == "access-platform" => match args.next_if(|v| v == "true" || v == "false")
-            {
-                Some(v) => v,
-                None => "true".to_string(),
-            },
-            None => match args.next() {
-                Some(v) => v,
-                None => return Err(CliError::MissingValue(option)),
-            },
-        };
-        if flags.iter().any(|(k, _)| *k == key) {
-            return Err(CliError::RepeatedOption(option));
-        }
-        flags.push((key, value));
+    if has_double_dash(&args) {
+        return Err(CliError::DoubleDash);
     }
+    let parsed = Cli::command()
+        .no_binary_name(true)
+        .try_get_matches_from(&args)
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(p) => p,
+        Err(e) => return clap_error(e, &args),
+    };
+    let first_vm_flag = vm_args::first_given(&matches);
 
     let mut vms = Vec::new();
-    let single = vm_specs.is_empty() && config_file.is_none();
-    if let Some(path) = &config_file {
-        if let Some((key, _)) = flags.first() {
-            return Err(CliError::ConfigMixed(format!("--{key}")));
+    let single = cli.vms.is_empty() && cli.config.is_none();
+    if let Some(path) = &cli.config {
+        if let Some(flag) = &first_vm_flag {
+            return Err(CliError::ConfigMixed(flag.clone()));
         }
-        if !vm_specs.is_empty() {
+        if !cli.vms.is_empty() {
             return Err(CliError::ConfigMixed("--vm".into()));
         }
         vms = super::file::load(Path::new(path)).map_err(CliError::ConfigFile)?;
     }
-    if let Some((key, _)) = flags.first() {
-        if !single {
-            return Err(CliError::MixedForms(format!("--{key}")));
-        }
-        if !flags.iter().any(|(k, _)| *k == "guest-cid") {
-            flags.insert(0, ("guest-cid", FIRST_GUEST_CID.to_string()));
-        }
-        let spec = flags
-            .iter()
-            .map(|(k, v)| format!("{k}={}", quote(v)))
-            .collect::<Vec<_>>()
-            .join(",");
-        vms.push(from_key_values::<VmConfig>(&spec).map_err(CliError::Options)?);
-    } else if single && config_file.is_none() {
-        return Err(CliError::NoVm);
+    match &first_vm_flag {
+        Some(flag) if !cli.vms.is_empty() => return Err(CliError::MixedForms(flag.clone())),
+        Some(_) => vms.push(
+            cli.vm
+                .into_config(&matches, Form::Flags)
+                .map_err(CliError::Options)?,
+        ),
+        None if single => return Err(CliError::NoVm),
+        None => {}
     }
-    for (i, spec) in vm_specs.iter().enumerate() {
-        let vm = from_key_values::<VmConfig>(spec).map_err(|source| CliError::VmSpec {
-            index: i + 1,
-            source,
-        })?;
-        vms.push(vm);
-    }
+    vms.extend(cli.vms);
 
     if vms.len() > super::MAX_VMS {
         return Err(CliError::TooManyVms(vms.len()));
@@ -377,26 +235,109 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Cl
         })?;
     }
     check_distinct(&vms)?;
-    process.sandbox = match sandbox_flag {
+    let sandbox = match cli.sandbox {
         Some(mode) => mode,
-        None => crate::sandbox::SandboxMode::from_env().map_err(CliError::BadProcessOption)?,
+        None => SandboxMode::from_env().map_err(CliError::Sandbox)?,
+    };
+    let process = crate::ProcessOptions {
+        control: cli.control,
+        control_allow_uids: cli.control_allow_uid.concat(),
+        ready_fd: cli.ready_fd,
+        socket_group_access: cli.socket_group_access,
+        sandbox,
     };
     super::namespace::check(&vms, process.control.as_deref())?;
     Ok(Command::Run(vms, process))
 }
 
-/// Quotes a value for [`from_key_values`], so that `,`, `"` and `\` survive.
-fn quote(v: &str) -> String {
-    let mut out = String::with_capacity(v.len() + 2);
-    out.push('"');
-    for c in v.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
+/// A `--` that is not an option's value: this command line takes no positional arguments, and
+/// clap would silently accept the separator.
+fn has_double_dash(args: &[OsString]) -> bool {
+    let command = Cli::command();
+    let takes_value = |arg: &OsString| {
+        let Some(long) = arg.to_str().and_then(|a| a.strip_prefix("--")) else {
+            return false;
+        };
+        !long.contains('=')
+            && command.get_arguments().any(|a| {
+                a.get_long() == Some(long)
+                    && a.get_action().takes_values()
+                    && a.get_num_args().is_none_or(|n| n.min_values() > 0)
+            })
+    };
+    args.iter()
+        .enumerate()
+        .any(|(i, a)| a == "--" && (i == 0 || !takes_value(&args[i - 1])))
+}
+
+/// Help and version are requests, not errors; anything else becomes one line.
+fn clap_error(e: clap::Error, args: &[OsString]) -> Result<Command, CliError> {
+    match e.kind() {
+        ErrorKind::DisplayHelp => return Ok(Command::Help),
+        ErrorKind::DisplayVersion => return Ok(Command::Version),
+        _ => {}
     }
-    out.push('"');
-    out
+    if let (ErrorKind::ValueValidation, Some(spec)) = (e.kind(), vm_value(&e)) {
+        let message = std::error::Error::source(&e).map_or_else(String::new, |s| s.to_string());
+        return Err(CliError::VmSpec {
+            index: vm_index(args, &spec),
+            message,
+        });
+    }
+    Err(CliError::Usage(vm_args::message(&e, Form::Flags)))
+}
+
+/// The `--vm` value a clap error is about, if it is about one.
+fn vm_value(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    match (
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) {
+        (Some(ContextValue::String(arg)), Some(ContextValue::String(v)))
+            if arg.starts_with("--vm ") =>
+        {
+            Some(v.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Which `--vm` (from 1) holds `spec`: errors name the VM by its position.
+fn vm_index(args: &[OsString], spec: &str) -> usize {
+    let mut index = 0;
+    let mut it = args.iter().peekable();
+    while let Some(a) = it.next() {
+        let value = if a == "--vm" {
+            it.next().map(|v| v.to_string_lossy().into_owned())
+        } else if let Some(v) = a.to_str().and_then(|a| a.strip_prefix("--vm=")) {
+            Some(v.to_string())
+        } else {
+            continue;
+        };
+        index += 1;
+        if value.as_deref() == Some(spec) {
+            break;
+        }
+    }
+    index
+}
+
+fn uid_list(s: &str) -> Result<Vec<u32>, String> {
+    s.split('+')
+        .map(|uid| uid.parse::<u32>().map_err(|_| format!("bad uid {uid:?}")))
+        .collect()
+}
+
+fn ready_fd(s: &str) -> Result<i32, String> {
+    s.parse::<i32>()
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| format!("bad fd {s:?}"))
+}
+
+fn sandbox_mode(s: &str) -> Result<SandboxMode, String> {
+    SandboxMode::parse(s).ok_or_else(|| format!("{s:?} is not full or stock"))
 }
 
 /// `socket=/proc/self/fd/N` or `/dev/fd/N` (as launchers pass inherited fds) becomes
@@ -672,8 +613,9 @@ mod tests {
         assert_eq!(parse_args(args(&["-V"])), Ok(Command::Version));
         assert_eq!(parse_args(args(&["--version"])), Ok(Command::Version));
         assert_eq!(err(&["--help=x"]), "option --help takes no value");
-        for key in SINGLE_VM_KEYS {
-            assert!(USAGE.contains(&format!("--{key} ")), "USAGE lacks --{key}");
+        let help = help();
+        for key in vm_args::keys() {
+            assert!(help.contains(&format!("--{key} ")), "--help lacks --{key}");
         }
     }
 
@@ -922,5 +864,90 @@ mod tests {
             err(&["--socket", "/s", "--uds-path", "/u", "--groups", "a+b c"]),
             "group name \"b c\" is invalid: use 1 to 64 characters from [A-Za-z0-9_-]"
         );
+    }
+
+    /// The defaults clap applies (and `--help` shows) are the constants of `defaults`.
+    #[test]
+    fn defaults_come_from_the_constants() {
+        let want = VmConfig::with_defaults(3, Some("/s".into()), None, "/u".into());
+        assert_eq!(
+            run(&["--socket", "/s", "--uds-path", "/u"]),
+            vec![want.clone()]
+        );
+        assert_eq!(
+            run(&["--vm", "guest-cid=3,socket=/s,uds-path=/u"]),
+            vec![want]
+        );
+        let help = help();
+        for (key, default) in vm_args::key_defaults() {
+            if let Some(d) = default {
+                let line = help
+                    .lines()
+                    .skip_while(|l| !l.contains(&format!("--{key} ")))
+                    .nth(1)
+                    .unwrap_or_default();
+                assert!(
+                    line.ends_with(&format!("[default: {d}]")),
+                    "--{key}: {line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn help_stops_parsing_where_it_stands() {
+        assert_eq!(
+            parse_args(args(&["--colour", "--help"])).map_err(|e| e.to_string()),
+            Err("unknown option \"--colour\" (try --help)".to_string())
+        );
+        assert_eq!(parse_args(args(&["--help", "--colour"])), Ok(Command::Help));
+        assert_eq!(parse_args(args(&["-V", "--colour"])), Ok(Command::Version));
+        assert_eq!(
+            parse_args(args(&["ctl", "--help"])),
+            Ok(Command::Ctl(vec!["--help".to_string()]))
+        );
+    }
+
+    #[test]
+    fn double_dash_and_hyphen_values() {
+        assert_eq!(
+            err(&["--socket", "/s", "--uds-path", "/u", "--"]),
+            "unexpected argument \"--\" (try --help)"
+        );
+        // As an option's value, `--` and `-x` are values (as vhost-device-vsock's parser takes them).
+        assert_eq!(
+            run(&["--socket", "--", "--uds-path", "-u"]),
+            vec![vm(3, "--", "-u")]
+        );
+        assert_eq!(err(&["--ready-fd", "-1"]), "--ready-fd: bad fd \"-1\"");
+        assert_eq!(
+            err(&["--control-allow-uid", "1+x"]),
+            "--control-allow-uid: bad uid \"x\""
+        );
+        assert_eq!(
+            err(&["--sandbox", "strict"]),
+            "--sandbox: \"strict\" is not full or stock"
+        );
+    }
+
+    /// Arguments need not be UTF-8: paths are bytes, anything else is refused in one line.
+    #[test]
+    fn non_utf8_arguments() {
+        use std::os::unix::ffi::OsStringExt;
+        let odd = OsString::from_vec(b"/s\xff".to_vec());
+        let got = parse_args([
+            OsString::from("--socket"),
+            odd.clone(),
+            "--uds-path".into(),
+            "/u".into(),
+        ]);
+        let Ok(Command::Run(vms, _)) = got else {
+            panic!("{got:?}");
+        };
+        assert_eq!(vms[0].socket.as_deref(), Some(Path::new(&odd)));
+        let e = parse_args([OsString::from("--queue-size"), odd])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "invalid UTF-8 was detected in one or more arguments");
     }
 }

@@ -98,7 +98,7 @@ fn convert(name: &str, vm: &PbVm) -> Result<VmConfig, FileError> {
         FileError::Parse(name.to_string(), format!("unknown {what} value {v}"))
     };
     let queue_size =
-        u16::try_from(or(vm.queue_size, defaults::queue_size() as u32)).map_err(|_| {
+        u16::try_from(or(vm.queue_size, defaults::QUEUE_SIZE as u32)).map_err(|_| {
             FileError::Parse(
                 name.to_string(),
                 format!("queue_size {} is too large", vm.queue_size),
@@ -109,19 +109,19 @@ fn convert(name: &str, vm: &PbVm) -> Result<VmConfig, FileError> {
         socket: (!vm.socket.is_empty()).then(|| PathBuf::from(&vm.socket)),
         socket_fd: vm.socket_fd,
         uds_path: PathBuf::from(&vm.uds_path),
-        tx_buffer_size: or(vm.tx_buffer_size, defaults::tx_buffer_size()),
+        tx_buffer_size: or(vm.tx_buffer_size, defaults::TX_BUFFER_SIZE),
         queue_size,
         groups: if vm.groups.is_empty() {
             defaults::groups()
         } else {
             vm.groups.clone()
         },
-        max_connections: or(vm.max_connections, defaults::max_connections()),
-        connect_timeout_ms: or(vm.connect_timeout_ms, defaults::connect_timeout_ms()),
-        shutdown_timeout_ms: or(vm.shutdown_timeout_ms, defaults::shutdown_timeout_ms()),
+        max_connections: or(vm.max_connections, defaults::MAX_CONNECTIONS),
+        connect_timeout_ms: or(vm.connect_timeout_ms, defaults::CONNECT_TIMEOUT_MS),
+        shutdown_timeout_ms: or(vm.shutdown_timeout_ms, defaults::SHUTDOWN_TIMEOUT_MS),
         connect_line_timeout_ms: or(
             vm.connect_line_timeout_ms,
-            defaults::connect_line_timeout_ms(),
+            defaults::CONNECT_LINE_TIMEOUT_MS,
         ),
         ok_reply: match vm.ok_reply.enum_value() {
             Ok(PbOkReply::OK_REPLY_HOST_PORT) => OkReply::HostPort,
@@ -140,8 +140,8 @@ fn convert(name: &str, vm: &PbVm) -> Result<VmConfig, FileError> {
             Ok(_) => IotlbMode::Off,
             Err(v) => return Err(bad("iotlb", v)),
         },
-        iotlb_miss_timeout_ms: or(vm.iotlb_miss_timeout_ms, defaults::iotlb_miss_timeout_ms()),
-        iotlb_max_entries: or(vm.iotlb_max_entries, defaults::iotlb_max_entries()),
+        iotlb_miss_timeout_ms: or(vm.iotlb_miss_timeout_ms, defaults::IOTLB_MISS_TIMEOUT_MS),
+        iotlb_max_entries: or(vm.iotlb_max_entries, defaults::IOTLB_MAX_ENTRIES),
     })
 }
 

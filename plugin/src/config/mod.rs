@@ -1,19 +1,18 @@
 //! Configuration of the devices this process serves: one [`VmConfig`] per VM.
 //!
-//! Like crosvm's CLI, each device is one serde struct (`deny_unknown_fields`, kebab-case keys), filled
-//! either from a repeatable `--vm key=value,...` option or from the single-VM flags
-//! (`--guest-cid`, `--socket`, `--uds-path`, ...) that vhost-device-vsock and Cuttlefish use.
-//! Parsing lives in [`cli`] and [`keyvalue`]; validation of the values in [`VmConfig::validate`].
+//! A VM comes from the command line ([`cli`]: vhost-device-vsock's single-VM flags
+//! `--guest-cid`, `--socket`, `--uds-path`, ..., or a repeatable `--vm key=value,...`) or from a
+//! file ([`file`]). Every default is a constant in [`defaults`]; the values are checked by
+//! [`VmConfig::validate`].
 
 pub mod cli;
 pub mod file;
-pub mod keyvalue;
 pub mod namespace;
+pub mod vm_args;
+mod vm_spec;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
 
 /// Guest CIDs 0, 1 and 2 are reserved (hypervisor, local, host); `u32::MAX` is `VMADDR_CID_ANY`.
 pub const FIRST_GUEST_CID: u64 = 3;
@@ -41,32 +40,51 @@ pub const MAX_VMS: usize = 512;
 /// Largest `--config` file, in bytes.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 
+/// A setting with a fixed set of names (`--ok-reply guest-port`, `seqpacket=off`, ...).
+pub trait Choice: Copy + 'static {
+    /// Every value with its name on the command line.
+    const NAMES: &'static [(&'static str, Self)];
+}
+
+/// The name of a [`Choice`] value.
+pub fn choice_name<T: Choice + PartialEq>(v: T) -> &'static str {
+    T::NAMES
+        .iter()
+        .find(|(_, c)| *c == v)
+        .map_or("?", |(name, _)| name)
+}
+
 /// How the hybrid listener answers a host `CONNECT <port>` line.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OkReply {
     /// `OK <guest port>\n`: what Cuttlefish and vhost-device-vsock expect.
-    #[default]
     GuestPort,
     /// `OK <host-side local port>\n`: Firecracker's form (local ports from 2^30).
     HostPort,
 }
 
+impl Choice for OkReply {
+    const NAMES: &'static [(&'static str, OkReply)] = &[
+        ("guest-port", OkReply::GuestPort),
+        ("host-port", OkReply::HostPort),
+    ];
+}
+
 /// Whether the device offers `VIRTIO_VSOCK_F_SEQPACKET`.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Toggle {
-    #[default]
     On,
     Off,
 }
 
+impl Choice for Toggle {
+    const NAMES: &'static [(&'static str, Toggle)] = &[("on", Toggle::On), ("off", Toggle::Off)];
+}
+
 /// Whether ring and buffer addresses are IOVAs translated through an IOTLB the frontend fills.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IotlbMode {
     /// Never translate (bit 33, if offered, is only recorded).
-    #[default]
     Off,
     /// Always translate; a session without bit 33 is refused.
     Required,
@@ -74,59 +92,82 @@ pub enum IotlbMode {
     Auto,
 }
 
+impl Choice for IotlbMode {
+    const NAMES: &'static [(&'static str, IotlbMode)] = &[
+        ("off", IotlbMode::Off),
+        ("required", IotlbMode::Required),
+        ("auto", IotlbMode::Auto),
+    ];
+}
+
 /// One VM served by this process: the vhost-user socket its VMM connects to, and the hybrid
-/// Unix-socket namespace its connections map to on the host.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// Unix-socket namespace its connections map to on the host. Keys on the command line are the
+/// field names in kebab case (`guest-cid`, `uds-path`, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
     /// The guest's context id (>= 3, < 2^32 - 1), reported through the config space.
     pub guest_cid: u64,
     /// Path of the vhost-user socket to listen on (the VMM is the client).
-    #[serde(default)]
     pub socket: Option<PathBuf>,
     /// An inherited fd: a listening socket, or an already-connected vhost-user stream.
     /// Also accepted as `socket=/proc/self/fd/N`.
-    #[serde(default)]
     pub socket_fd: Option<i32>,
     /// Host side: guest→host port P connects to `<uds-path>_P`; host→guest clients connect to
     /// `<uds-path>` and send `connect P\n`.
     pub uds_path: PathBuf,
     /// Per-connection buffer (bytes) advertised to the guest as `buf_alloc`.
-    #[serde(default = "defaults::tx_buffer_size")]
     pub tx_buffer_size: u32,
     /// Largest queue size accepted in SET_VRING_NUM (a power of two, <= 32768).
-    #[serde(default = "defaults::queue_size")]
     pub queue_size: u16,
     /// Sibling groups, `a+b`: guests sharing a group reach each other by CID.
-    #[serde(default = "defaults::groups", deserialize_with = "keyvalue::plus_list")]
     pub groups: Vec<String>,
     /// Most concurrent connections for this VM; further ones are refused with RST.
-    #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
     /// A connection not established (or not closed after a shutdown) within this time is reset.
-    #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u32,
-    #[serde(default = "defaults::shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u32,
     /// A host client on `<uds-path>` that sends no complete CONNECT line within this time is dropped.
-    #[serde(default = "defaults::connect_line_timeout_ms")]
     pub connect_line_timeout_ms: u32,
     /// Reply form for host-initiated connections.
-    #[serde(default)]
     pub ok_reply: OkReply,
     /// Offer SEQPACKET sockets to the guest.
-    #[serde(default)]
     pub seqpacket: Toggle,
     /// Offer `VIRTIO_F_ACCESS_PLATFORM` (the guest uses the DMA API); never enables translation.
-    #[serde(default)]
     pub access_platform: bool,
     /// IOTLB translation (see [`IotlbMode`]).
-    #[serde(default)]
     pub iotlb: IotlbMode,
-    #[serde(default = "defaults::iotlb_miss_timeout_ms")]
     pub iotlb_miss_timeout_ms: u32,
-    #[serde(default = "defaults::iotlb_max_entries")]
     pub iotlb_max_entries: u32,
+}
+
+impl VmConfig {
+    /// A VM with these required values and every other setting at its default.
+    pub fn with_defaults(
+        guest_cid: u64,
+        socket: Option<PathBuf>,
+        socket_fd: Option<i32>,
+        uds_path: PathBuf,
+    ) -> VmConfig {
+        VmConfig {
+            guest_cid,
+            socket,
+            socket_fd,
+            uds_path,
+            tx_buffer_size: defaults::TX_BUFFER_SIZE,
+            queue_size: defaults::QUEUE_SIZE,
+            groups: defaults::groups(),
+            max_connections: defaults::MAX_CONNECTIONS,
+            connect_timeout_ms: defaults::CONNECT_TIMEOUT_MS,
+            shutdown_timeout_ms: defaults::SHUTDOWN_TIMEOUT_MS,
+            connect_line_timeout_ms: defaults::CONNECT_LINE_TIMEOUT_MS,
+            ok_reply: defaults::OK_REPLY,
+            seqpacket: defaults::SEQPACKET,
+            access_platform: defaults::ACCESS_PLATFORM,
+            iotlb: defaults::IOTLB,
+            iotlb_miss_timeout_ms: defaults::IOTLB_MISS_TIMEOUT_MS,
+            iotlb_max_entries: defaults::IOTLB_MAX_ENTRIES,
+        }
+    }
 }
 
 /// A [`VmConfig`] value that is out of bounds or inconsistent; the message names the key.
@@ -277,37 +318,33 @@ fn check_path(key: &'static str, path: &Path) -> Result<usize, ConfigError> {
     Ok(bytes.len())
 }
 
+/// Every default of a [`VmConfig`], defined once: the command line (and its `--help`), the
+/// config file and README.md's option table (checked by a test) follow these.
 pub mod defaults {
+    use super::{IotlbMode, OkReply, Toggle};
+
+    /// The single-VM form's CID (`--vm` must name one).
+    pub const GUEST_CID: u64 = super::FIRST_GUEST_CID;
     /// Linux's own default socket buffer: with less, a bulk sender stalls on credit every
     /// 64 KiB (measured: g2h throughput 2.4x, CPU/GiB 0.35x with 256 KiB). Worst-case memory
     /// held for host readers that stop reading: max-connections x this.
-    pub fn tx_buffer_size() -> u32 {
-        256 * 1024
-    }
-    pub fn queue_size() -> u16 {
-        super::MAX_QUEUE_SIZE
-    }
-    pub fn groups() -> Vec<String> {
-        vec!["default".to_string()]
-    }
+    pub const TX_BUFFER_SIZE: u32 = 256 * 1024;
+    pub const QUEUE_SIZE: u16 = super::MAX_QUEUE_SIZE;
+    pub const GROUP: &str = "default";
     /// With the default buffer, at most 256 MiB held for stalled host readers.
-    pub fn max_connections() -> u32 {
-        1024
-    }
-    pub fn connect_timeout_ms() -> u32 {
-        2000
-    }
-    pub fn shutdown_timeout_ms() -> u32 {
-        2000
-    }
-    pub fn iotlb_miss_timeout_ms() -> u32 {
-        5000
-    }
-    pub fn iotlb_max_entries() -> u32 {
-        2048
-    }
-    pub fn connect_line_timeout_ms() -> u32 {
-        5000
+    pub const MAX_CONNECTIONS: u32 = 1024;
+    pub const CONNECT_TIMEOUT_MS: u32 = 2000;
+    pub const SHUTDOWN_TIMEOUT_MS: u32 = 2000;
+    pub const CONNECT_LINE_TIMEOUT_MS: u32 = 5000;
+    pub const OK_REPLY: OkReply = OkReply::GuestPort;
+    pub const SEQPACKET: Toggle = Toggle::On;
+    pub const ACCESS_PLATFORM: bool = false;
+    pub const IOTLB: IotlbMode = IotlbMode::Off;
+    pub const IOTLB_MISS_TIMEOUT_MS: u32 = 5000;
+    pub const IOTLB_MAX_ENTRIES: u32 = 2048;
+
+    pub fn groups() -> Vec<String> {
+        vec![GROUP.to_string()]
     }
 }
 
@@ -316,25 +353,12 @@ mod tests {
     use super::*;
 
     fn base() -> VmConfig {
-        VmConfig {
-            guest_cid: 3,
-            socket: Some(PathBuf::from("/run/v.vhost")),
-            socket_fd: None,
-            uds_path: PathBuf::from("/run/v.vsock"),
-            tx_buffer_size: defaults::tx_buffer_size(),
-            queue_size: defaults::queue_size(),
-            groups: defaults::groups(),
-            max_connections: defaults::max_connections(),
-            connect_timeout_ms: defaults::connect_timeout_ms(),
-            shutdown_timeout_ms: defaults::shutdown_timeout_ms(),
-            connect_line_timeout_ms: defaults::connect_line_timeout_ms(),
-            ok_reply: OkReply::default(),
-            seqpacket: Toggle::default(),
-            access_platform: false,
-            iotlb: IotlbMode::default(),
-            iotlb_miss_timeout_ms: defaults::iotlb_miss_timeout_ms(),
-            iotlb_max_entries: defaults::iotlb_max_entries(),
-        }
+        VmConfig::with_defaults(
+            3,
+            Some(PathBuf::from("/run/v.vhost")),
+            None,
+            PathBuf::from("/run/v.vsock"),
+        )
     }
 
     fn err(vm: VmConfig) -> String {
@@ -374,9 +398,7 @@ mod tests {
 
     #[test]
     fn defaults_parse_and_validate() {
-        let vm: VmConfig =
-            keyvalue::from_key_values("guest-cid=3,socket=/run/v.vhost,uds-path=/run/v.vsock")
-                .unwrap();
+        let vm = vm_spec::parse("guest-cid=3,socket=/run/v.vhost,uds-path=/run/v.vsock").unwrap();
         assert_eq!(vm, base());
         assert_eq!(vm.validate(), Ok(()));
     }

@@ -99,12 +99,7 @@ mod tests {
     use super::*;
 
     fn vm(cid: u64, socket: &str, uds: &str) -> VmConfig {
-        let mut v: VmConfig = super::super::keyvalue::from_key_values(&format!(
-            "guest-cid={cid},socket={socket},uds-path={uds}"
-        ))
-        .unwrap();
-        v.guest_cid = cid;
-        v
+        VmConfig::with_defaults(cid, Some(socket.into()), None, uds.into())
     }
 
     #[test]
