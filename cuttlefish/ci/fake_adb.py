@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Stand-in for `adb` + guest + backend, so our CI can run guest_agent_driver.py end to end without
-Cuttlefish (tests/tests/cuttlefish_configs.rs). NOT a vsock test: it checks the driver's control
+Cuttlefish (tests/tests/cuttlefish_scripts.rs). NOT a vsock test: it checks the driver's control
 protocol and data paths against an agent that behaves like tests/src/bin/vsock-guest-agent.rs.
 
 `fake_adb.py -s SERIAL push|shell ...`: push/chmod succeed; `shell -tt AGENT TTY` runs the fake

@@ -162,13 +162,13 @@ const CARGO_ONLY_TESTS: &[(&str, &str, &str)] = &[
     ),
     (
         "vsock-plugin-tests",
-        "android_integration",
-        "checks the Soong files themselves (cargo side)",
+        "consistency",
+        "checks the repository's own files: Soong, cuttlefish/, README (cargo side)",
     ),
     (
         "vsock-plugin-tests",
-        "cuttlefish_configs",
-        "checks cuttlefish/ (cargo side)",
+        "cuttlefish_scripts",
+        "runs cuttlefish/ scripts with bash and python3 (cargo side)",
     ),
     (
         "vsock-plugin-tests",
