@@ -17,48 +17,10 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use super::{fail_if, files, rel, root};
 
 fn cf() -> PathBuf {
     root().join("cuttlefish")
-}
-
-fn rel(p: &Path) -> String {
-    p.strip_prefix(root())
-        .unwrap_or(p)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn files(dir: &Path, pred: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files(&p, pred));
-            } else if pred(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn fail_if(errors: Vec<String>, what: &str) {
-    if !errors.is_empty() {
-        panic!(
-            "{what}: {} problem(s)\n  - {}\n",
-            errors.len(),
-            errors.join("\n  - ")
-        );
-    }
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -2,12 +2,11 @@
 //! same keys, and each default as `--help` shows it (both come from `config::defaults`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use vsock_plugin::config::vm_args;
 
 fn readme() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let path = super::root().join("README.md");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

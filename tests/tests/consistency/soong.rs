@@ -22,6 +22,8 @@ use std::process::Command;
 
 use android_bp::{BluePrint, Value};
 
+use super::{fail_if, files, rel, root};
+
 // ------------------------------------------------------------------------------------------------
 // The tables
 
@@ -266,20 +268,6 @@ const AOSP_CRATES: &[AospCrate] = &[
 
 // ------------------------------------------------------------------------------------------------
 // Loading
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn rel(p: &Path) -> String {
-    p.strip_prefix(root())
-        .unwrap_or(p)
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// One module with its `defaults` merged in.
 #[derive(Debug, Clone)]
@@ -653,16 +641,6 @@ fn strs(v: &serde_json::Value) -> Vec<String> {
 
 fn crate_ident(cargo_name: &str) -> String {
     cargo_name.replace('-', "_")
-}
-
-fn fail_if(errors: Vec<String>, what: &str) {
-    if !errors.is_empty() {
-        panic!(
-            "{what}: {} problem(s)\n  - {}\n",
-            errors.len(),
-            errors.join("\n  - ")
-        );
-    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1340,19 +1318,7 @@ fn paths_named_in_android_bp_exist() {
 }
 
 fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_with_ext(&p, ext));
-            } else if p.extension().is_some_and(|x| x == ext) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    files(dir, &|p| p.extension().is_some_and(|x| x == ext))
 }
 
 #[test]
