@@ -314,22 +314,14 @@ fn execute(svc: &dyn IDeviceControl, cmd: &Command, json: bool) -> Result<String
             let p: PolicyList = reply("getPolicy", svc.getPolicy(&[]))?;
             show(json, &p, render_policy)?
         }
-        Command::Policy(PolicyCommand::Allow(rule)) => {
-            set_rule(
-                svc,
-                PolicyAction::POLICY_ACTION_ALLOW,
-                rule,
-                has(features::POLICY_LIMITS),
-            )?;
-            ok(json)
-        }
-        Command::Policy(PolicyCommand::Deny(rule)) => {
-            set_rule(
-                svc,
-                PolicyAction::POLICY_ACTION_DENY,
-                rule,
-                has(features::POLICY_LIMITS),
-            )?;
+        Command::Policy(PolicyCommand::Allow(rule))
+        | Command::Policy(PolicyCommand::Deny(rule)) => {
+            let action = if matches!(cmd, Command::Policy(PolicyCommand::Allow(_))) {
+                PolicyAction::POLICY_ACTION_ALLOW
+            } else {
+                PolicyAction::POLICY_ACTION_DENY
+            };
+            set_rule(svc, action, rule, has(features::POLICY_LIMITS))?;
             ok(json)
         }
         Command::Policy(PolicyCommand::Clear) => {
