@@ -202,4 +202,38 @@ mod tests {
         assert!(err("help").starts_with("unknown key \"help\""));
         assert!(err("vm=x").starts_with("unknown key \"vm\""));
     }
+
+    /// Odd input is an error of one line, never a panic.
+    #[test]
+    fn odd_input_is_one_error_line() {
+        for input in [
+            ",",
+            ",,",
+            "=",
+            "==",
+            "\"",
+            "=\"",
+            "socket=\"",
+            "socket=\"\\",
+            "é=1",
+            "guest-cid=3,é",
+            "socket=\u{0}",
+            "guest-cid=1=2",
+            "a\"b=1",
+            "socket=\"\"\"",
+            "-x",
+            "--help",
+            "guest-cid=3,guest-cid=4",
+            "guest-cid=3,--socket=/s",
+        ] {
+            let e = err(input);
+            assert!(!e.is_empty() && !e.contains('\n'), "{input:?}: {e:?}");
+        }
+        assert_eq!(
+            parse("guest-cid=+5,socket=/s,uds-path=/u")
+                .unwrap()
+                .guest_cid,
+            5
+        );
+    }
 }
