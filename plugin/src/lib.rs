@@ -21,6 +21,7 @@ pub mod log_limit;
 pub mod panic_exit;
 pub mod readiness;
 pub mod sandbox;
+pub mod virtio;
 pub mod vhost_user;
 pub mod virtqueue;
 pub mod vsock;
@@ -157,7 +158,8 @@ impl Plugin {
             created.push((cfg.uds_path.clone(), inode_of(&cfg.uds_path)));
             let wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io("eventfd"))?);
             let sibling = router.register(cid, cfg.groups.clone(), wake.clone());
-            let device = VsockDevice::new(device_config(cfg), hybrid, router.clone(), sibling);
+            let device = VsockDevice::new(device_config(cfg), hybrid, router.clone(), sibling)
+                .map_err(io("device epoll"))?;
             let session = SessionConfig {
                 guest_cid: cid,
                 max_queue_size: cfg.queue_size,

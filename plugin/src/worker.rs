@@ -15,74 +15,60 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{Request, VmControl, VmReport};
-use crate::vhost_user::features::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET};
+use crate::virtio::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET};
 use crate::vhost_user::listener::FrontendListener;
 use crate::vhost_user::session::{FrontendSession, SessionConfig};
 use crate::vhost_user::slot;
 use crate::vsock::device::{Rings, VsockDevice};
 use vsock_plugin_ipc::proto::control::DeviceState;
 
-/// Epoll tokens: small constants for the fixed fds; host sockets carry their slot in the low
-/// 32 bits with the kind above.
-pub mod token {
+/// Epoll tokens of the worker's set: small constants, one per fd. Everything host-side of the
+/// device (hybrid listener, waiting clients, host sockets) is behind one fd, the device's own
+/// epoll set ([`VsockDevice::event_fd`]), with tokens the device keeps to itself.
+mod token {
     const FRONTEND_LISTENER: u64 = 1;
     const FRONTEND: u64 = 2;
-    const HYBRID_LISTENER: u64 = 3;
+    const DEVICE: u64 = 3;
     const WAKE: u64 = 4;
     const BACKEND_CHANNEL: u64 = 5;
     const KICK_BASE: u64 = 16;
-    const HOST_CLIENT: u64 = 1 << 32;
-    const HOST_CONN: u64 = 2 << 32;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Token {
+    pub(super) enum Token {
         FrontendListener,
         Frontend,
-        HybridListener,
+        /// The device's epoll set has events.
+        Device,
         Wake,
         BackendChannel,
         Kick(usize),
-        HostClient(u32),
-        HostConn(u32),
     }
 
     impl Token {
-        pub fn encode(self) -> u64 {
+        pub(super) fn encode(self) -> u64 {
             match self {
                 Token::FrontendListener => FRONTEND_LISTENER,
                 Token::Frontend => FRONTEND,
-                Token::HybridListener => HYBRID_LISTENER,
+                Token::Device => DEVICE,
                 Token::Wake => WAKE,
                 Token::BackendChannel => BACKEND_CHANNEL,
                 Token::Kick(q) => KICK_BASE + q as u64,
-                Token::HostClient(id) => HOST_CLIENT | id as u64,
-                Token::HostConn(slot) => HOST_CONN | slot as u64,
             }
         }
 
-        pub fn decode(v: u64) -> Option<Token> {
+        pub(super) fn decode(v: u64) -> Option<Token> {
             Some(match v {
                 FRONTEND_LISTENER => Token::FrontendListener,
                 FRONTEND => Token::Frontend,
-                HYBRID_LISTENER => Token::HybridListener,
+                DEVICE => Token::Device,
                 WAKE => Token::Wake,
                 BACKEND_CHANNEL => Token::BackendChannel,
                 k if (KICK_BASE..KICK_BASE + 8).contains(&k) => {
                     Token::Kick((k - KICK_BASE) as usize)
                 }
-                v if v >> 32 == 1 => Token::HostClient(v as u32),
-                v if v >> 32 == 2 => Token::HostConn(v as u32),
                 _ => return None,
             })
         }
-    }
-
-    pub fn host_client(id: u32) -> u64 {
-        Token::HostClient(id).encode()
-    }
-
-    pub fn host_conn(slot: u32) -> u64 {
-        Token::HostConn(slot).encode()
     }
 }
 
@@ -143,7 +129,7 @@ impl VmWorker {
             )
         };
         add(wake.as_raw_fd(), Token::Wake)?;
-        add(device.hybrid_listener().as_raw_fd(), Token::HybridListener)?;
+        add(device.event_fd(), Token::Device)?;
         if let Some(fd) = listener.listen_fd() {
             add(fd, Token::FrontendListener)?;
         }
@@ -218,7 +204,7 @@ impl VmWorker {
                 Request::Reset { key, reply } => {
                     let _ = reply.try_send(self.device.reset_connection(key));
                 }
-                Request::Routed { key, route } => self.device.apply_route(key, route, &self.epoll),
+                Request::Routed { key, route } => self.device.apply_route(key, route),
             }
         }
     }
@@ -249,14 +235,14 @@ impl VmWorker {
             };
             for ev in &events[..n] {
                 if let Some(t) = Token::decode(ev.data()) {
-                    self.handle(t, ev.event_set());
+                    self.handle(t);
                 }
             }
             self.pump();
             self.report_state();
             check_timers |= n > 0;
             if check_timers && Instant::now() >= next_tick {
-                check_timers = self.device.on_tick(&self.epoll);
+                check_timers = self.device.on_tick();
                 if let Some(session) = self.session.as_mut() {
                     check_timers |= session.check_miss_timeouts();
                 }
@@ -277,7 +263,7 @@ impl VmWorker {
     /// The process is stopping: no new frontends or host clients; guest bytes the device holds
     /// go to their host sockets within the VM's shutdown timeout; then every connection closes.
     fn drain(&mut self) {
-        self.device.stop_accepting(&self.epoll);
+        self.device.stop_accepting();
         if let Some(lfd) = self.listener.listen_fd() {
             let _ = self
                 .epoll
@@ -296,7 +282,7 @@ impl VmWorker {
         );
     }
 
-    fn handle(&mut self, t: Token, events: EventSet) {
+    fn handle(&mut self, t: Token) {
         match t {
             Token::Wake => {
                 let _ = self.wake.read();
@@ -321,12 +307,10 @@ impl VmWorker {
                     let _ = fd.read();
                 }
             }
-            Token::HybridListener => self.device.accept_clients(&self.epoll),
-            Token::HostClient(id) => {
+            Token::Device => {
                 let running = self.running();
-                self.device.client_readable(id, &self.epoll, running);
+                self.device.process_host_events(running);
             }
-            Token::HostConn(slot) => self.device.host_event(slot, events),
         }
     }
 
@@ -349,10 +333,10 @@ impl VmWorker {
         };
         let mem = mem.clone();
         let mut rings = Rings { mem: &mem, vrings };
-        self.device.process_tx(&mut rings, &self.epoll);
+        self.device.process_tx(&mut rings);
         self.device.process_rx(&mut rings);
         if self.device.tx_paused() {
-            self.device.process_tx(&mut rings, &self.epoll);
+            self.device.process_tx(&mut rings);
             self.device.process_rx(&mut rings);
         }
         self.device.process_event(&mut rings);

@@ -28,34 +28,10 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
 
 use super::credit::Credit;
 use super::packet::{kind, shutdown};
-
-/// Key of a connection within one VM: (host-side port, guest-side port).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnKey {
-    pub host_port: u32,
-    pub guest_port: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Host client asked for a guest port; REQUEST sent, waiting for RESPONSE.
-    LocalInit {
-        since: Instant,
-    },
-    /// Guest sent REQUEST; connecting to the host listener (its backlog was full).
-    PeerInit {
-        since: Instant,
-    },
-    Established,
-    /// Waiting for our buffer to drain (guest closed) or for the guest's RST (host closed).
-    Closing {
-        since: Instant,
-    },
-}
+use super::status::{ConnKey, State};
 
 /// Guest → host bytes the host socket did not take yet. For SEQPACKET each entry is one whole
 /// message and is sent whole; for streams entries are just chunks.

@@ -4,9 +4,11 @@
 //! - [`connection`]: one connection's state machine (with the protocol primer) and host buffer.
 //! - [`credit`]: credit flow control rules.
 //! - [`conn_table`]: the connections of a VM.
+//! - [`status`]: keys, phases, snapshots and counters others read (a leaf module).
 //! - [`device`]: moving packets between virtqueues, host sockets and sibling VMs.
 pub mod conn_table;
 pub mod connection;
 pub mod credit;
 pub mod device;
 pub mod packet;
+pub mod status;

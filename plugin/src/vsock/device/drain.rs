@@ -13,12 +13,8 @@ use super::*;
 impl VsockDevice {
     /// Stops taking host clients: the listener leaves the epoll set, waiting clients are closed
     /// (clients still in the kernel backlog see ECONNRESET when the listener closes).
-    pub fn stop_accepting(&mut self, ep: &Epoll) {
-        let _ = ep.ctl(
-            ControlOperation::Delete,
-            self.hybrid.as_raw_fd(),
-            EpollEvent::default(),
-        );
+    pub fn stop_accepting(&mut self) {
+        self.interests.unwatch(self.hybrid.as_raw_fd());
         self.accept_paused_until = None;
         self.clients.clear();
     }

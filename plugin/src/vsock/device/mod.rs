@@ -29,28 +29,30 @@ use std::time::{Duration, Instant};
 use vm_memory::Permissions;
 
 use crate::iotlb::DeviceMemory;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
 use super::conn_table::ConnTable;
-use super::connection::{ConnKey, Connection, State};
+use super::connection::Connection;
+use super::status::{ConnKey, ConnSnapshot, State, Stats};
 use super::packet::{kind, seq, shutdown, Endpoints, Op, PacketHeader, HEADER_SIZE, HOST_CID};
 use crate::config::OkReply;
 use crate::host::connect_line::{ConnectLine, LineState};
 use crate::host::route::{ConnectionEvents, ConnectionLimits, HostRoute, RouteRequests};
 use crate::host::sibling::{Delivery, SiblingPort, SiblingRouter};
 use crate::host::unix::{self, Connect};
-use crate::vhost_user::features::{EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
+use crate::virtio::{EVENT_QUEUE, EVENT_TRANSPORT_RESET, RX_QUEUE, TX_QUEUE};
 use crate::virtqueue::chain::ChainBuffers;
 use crate::virtqueue::vring::Vring;
-use crate::worker::token;
 
 mod drain;
 mod host_events;
+mod interests;
 mod rx;
 mod sibling_out;
 mod socket_io;
 mod tx;
 
+use interests::{Interests, Source, GEN_MASK};
 use socket_io::*;
 
 /// Largest payload of one packet we build (the virtio-vsock maximum, 64 KiB).
@@ -76,8 +78,6 @@ pub const MAX_PENDING_CLIENTS: usize = 128;
 const ACCEPT_BATCH: usize = 64;
 /// How long the hybrid listener rests after `accept` failed (out of fds).
 const ACCEPT_RETRY: Duration = Duration::from_millis(250);
-/// Event id of VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
-const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Settings the device needs from the VM's configuration.
 #[derive(Debug, Clone)]
@@ -112,16 +112,8 @@ struct PendingClient {
     sock: UnixStream,
     line: ConnectLine,
     since: Instant,
-}
-
-/// Counters, logged at reset and useful in tests.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    pub tx_packets: u64,
-    pub rx_packets: u64,
-    pub dropped_packets: u64,
-    pub rst_sent: u64,
-    pub connections_opened: u64,
+    /// Tells this client's events from those of an earlier client at the same index.
+    generation: u32,
 }
 
 pub struct VsockDevice {
@@ -129,7 +121,13 @@ pub struct VsockDevice {
     conns: ConnTable,
     control: VecDeque<Control>,
     clients: Vec<Option<PendingClient>>,
+    /// Generation of the next waiting client (see `interests`).
+    next_client_generation: u32,
     hybrid: std::os::unix::net::UnixListener,
+    /// The device's own epoll set: hybrid listener, waiting clients, host sockets.
+    interests: Interests,
+    /// Events taken from `interests` by one [`Self::process_host_events`].
+    ready: Vec<EpollEvent>,
     /// Set while the hybrid listener is out of the epoll set after a failed accept.
     accept_paused_until: Option<Instant>,
     next_local_port: u32,
@@ -156,34 +154,26 @@ pub struct VsockDevice {
     limits: Option<Box<dyn ConnectionLimits>>,
 }
 
-/// One connection as status reports show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnSnapshot {
-    pub key: ConnKey,
-    pub state: State,
-    pub host_initiated: bool,
-    pub via_service: bool,
-    pub bytes_from_guest: u64,
-    pub bytes_to_guest: u64,
-    pub buf_alloc: u32,
-    pub fwd_cnt: u32,
-    pub peer_buf_alloc: u32,
-    pub peer_fwd_cnt: u32,
-}
-
 impl VsockDevice {
+    /// A device serving `hybrid` (already listening). Fails only when its epoll set cannot be
+    /// created.
     pub fn new(
         cfg: DeviceConfig,
         hybrid: std::os::unix::net::UnixListener,
         router: Arc<SiblingRouter>,
         sibling: Arc<SiblingPort>,
-    ) -> VsockDevice {
-        VsockDevice {
+    ) -> io::Result<VsockDevice> {
+        let interests = Interests::new()?;
+        interests.watch_listener(hybrid.as_raw_fd())?;
+        Ok(VsockDevice {
             cfg,
             conns: ConnTable::default(),
             control: VecDeque::new(),
             clients: Vec::new(),
+            next_client_generation: 0,
             hybrid,
+            interests,
+            ready: vec![EpollEvent::default(); 256],
             accept_paused_until: None,
             next_local_port: LOCAL_PORT_FIRST,
             host_initiated_open: 0,
@@ -202,7 +192,13 @@ impl VsockDevice {
             host_router: None,
             events: None,
             limits: None,
-        }
+        })
+    }
+
+    /// The fd of the device's epoll set: readable when a host socket, a waiting client or the
+    /// hybrid listener has an event for [`Self::process_host_events`].
+    pub fn event_fd(&self) -> std::os::fd::RawFd {
+        self.interests.fd()
     }
 
     /// Attaches a control plane: routing of guest connections and connection events.
@@ -247,7 +243,7 @@ impl VsockDevice {
     }
 
     /// The control plane answered where a guest connection goes.
-    pub fn apply_route(&mut self, key: ConnKey, route: HostRoute, ep: &Epoll) {
+    pub fn apply_route(&mut self, key: ConnKey, route: HostRoute) {
         let Some(slot) = self.conns.slot_of(&key) else {
             return;
         };
@@ -259,7 +255,7 @@ impl VsockDevice {
         }
         conn.route_pending = false;
         match route {
-            HostRoute::Unix => self.retry_host_connect(slot, ep),
+            HostRoute::Unix => self.retry_host_connect(slot),
             HostRoute::Deny(reason) => {
                 crate::log_limited!(
                     Info,
@@ -276,7 +272,7 @@ impl VsockDevice {
                 };
                 let ok = unix::socket_type(&sock).is_ok_and(|t| t == want)
                     && sock.set_nonblocking(true).is_ok();
-                if !ok || !self.watch_host(ep, &sock, slot, ControlOperation::Add) {
+                if !ok || !self.watch_host(&sock, slot, false) {
                     self.reset_conn_because(slot, "the host service's socket has the wrong type");
                     return;
                 }
@@ -320,10 +316,6 @@ impl VsockDevice {
             ev.closed(conn.key, reason);
         }
         Some(conn)
-    }
-
-    pub fn hybrid_listener(&self) -> &std::os::unix::net::UnixListener {
-        &self.hybrid
     }
 
     pub fn connection_count(&self) -> usize {
@@ -470,3 +462,6 @@ struct IovecScratch(Vec<libc::iovec>);
 // SAFETY: the pointers are only written and used within one call on the owning thread; they are
 // never dereferenced after the call that filled them, so moving the (stale) storage is harmless.
 unsafe impl Send for IovecScratch {}
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,7 @@ impl VsockDevice {
     /// Used-ring entries of a pass are returned at its end: until then the guest does not reuse
     /// those buffers, which lets consecutive RW packets of one connection go to the host socket
     /// in a single `sendmsg` straight from guest memory (see [`TxBatch`]).
-    pub fn process_tx(&mut self, rings: &mut Rings, ep: &Epoll) {
+    pub fn process_tx(&mut self, rings: &mut Rings) {
         self.drain_parked();
         let mem = rings.mem;
         loop {
@@ -32,7 +32,7 @@ impl VsockDevice {
                 let Some(chain) = rings.vrings[TX_QUEUE].pop(mem) else {
                     break;
                 };
-                self.handle_tx_chain(&chain, mem, ep);
+                self.handle_tx_chain(&chain, mem);
                 heads.push(chain.head);
             }
             let used_any = !heads.is_empty();
@@ -99,7 +99,7 @@ impl VsockDevice {
         self.tx_paused
     }
 
-    pub(super) fn handle_tx_chain(&mut self, chain: &ChainBuffers, mem: &DeviceMemory, ep: &Epoll) {
+    pub(super) fn handle_tx_chain(&mut self, chain: &ChainBuffers, mem: &DeviceMemory) {
         self.stats.tx_packets += 1;
         let mut raw = [0u8; HEADER_SIZE];
         if chain.readable.len() < HEADER_SIZE || chain.readable.read_at(mem, 0, &mut raw).is_err() {
@@ -153,7 +153,7 @@ impl VsockDevice {
         }
         match hdr.dst_cid() {
             HOST_CID => {
-                self.handle_host_packet(&hdr, op, chain, mem, ep);
+                self.handle_host_packet(&hdr, op, chain, mem);
             }
             dst => {
                 let mut packet = vec![0u8; HEADER_SIZE + len];
@@ -188,7 +188,6 @@ impl VsockDevice {
         op: Op,
         chain: &ChainBuffers,
         mem: &DeviceMemory,
-        ep: &Epoll,
     ) {
         let key = ConnKey {
             host_port: hdr.dst_port(),
@@ -196,7 +195,7 @@ impl VsockDevice {
         };
         let Some(slot) = self.conns.slot_of(&key) else {
             match op {
-                Op::Request => self.guest_connect(hdr, key, ep),
+                Op::Request => self.guest_connect(hdr, key),
                 Op::Rst => {}
                 _ => {
                     crate::log_limited!(Debug, "{op:?} for unknown connection {key:?}; reset");
@@ -243,7 +242,7 @@ impl VsockDevice {
         self.mark_rx(slot);
     }
 
-    pub(super) fn guest_connect(&mut self, hdr: &PacketHeader, key: ConnKey, ep: &Epoll) {
+    pub(super) fn guest_connect(&mut self, hdr: &PacketHeader, key: ConnKey) {
         if self.conns.len() >= self.cfg.max_connections {
             crate::log_limited!(
                 Warn,
@@ -296,12 +295,12 @@ impl VsockDevice {
         self.stats.connections_opened += 1;
         match &self.host_router {
             Some(router) => router.request(key),
-            None => self.retry_host_connect(slot, ep),
+            None => self.retry_host_connect(slot),
         }
     }
 
     /// Connects a guest-initiated connection to `<uds-path>_<port>`.
-    pub(super) fn retry_host_connect(&mut self, slot: u32, ep: &Epoll) {
+    pub(super) fn retry_host_connect(&mut self, slot: u32) {
         let Some(conn) = self.conns.get(slot) else {
             return;
         };
@@ -323,7 +322,7 @@ impl VsockDevice {
                     self.refuse_own_socket(slot, &path);
                     return;
                 }
-                if !self.watch_host(ep, &sock, slot, ControlOperation::Add) {
+                if !self.watch_host(&sock, slot, false) {
                     self.reset_conn(slot);
                     return;
                 }
