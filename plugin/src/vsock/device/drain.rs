@@ -22,7 +22,7 @@ impl VsockDevice {
     /// Writes what the host sockets take of the buffered guest → host bytes (never blocks);
     /// returns the bytes still buffered. Connections whose host socket broke are closed.
     pub fn flush_for_exit(&mut self) -> usize {
-        self.flush_tx_batch();
+        // (No tx batch is pending here: process_tx flushes its batch before it returns.)
         let mut left = 0;
         for slot in self.conns.slots_from(0) {
             let Some(conn) = self.conns.get_mut(slot) else {

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vm_memory::Permissions;
+use vm_memory::GuestAddress;
 
 use crate::iotlb::DeviceMemory;
 use vmm_sys_util::epoll::{EpollEvent, EventSet};
@@ -42,6 +42,7 @@ use crate::host::sibling::{Delivery, SiblingPort, SiblingRouter};
 use crate::host::unix::{self, Connect};
 use crate::virtio::{EVENT_QUEUE, EVENT_TRANSPORT_RESET, RX_QUEUE, TX_QUEUE};
 use crate::virtqueue::chain::ChainBuffers;
+use crate::virtqueue::guest_io;
 use crate::virtqueue::vring::Vring;
 
 mod drain;
@@ -144,8 +145,9 @@ pub struct VsockDevice {
     /// Packets for sibling VMs whose inbox was full.
     parked: sibling_out::ParkedSiblings,
     pub stats: Stats,
-    iov: IovecScratch,
-    tx_batch: TxBatch,
+    /// Reused storage: guest ranges of one rx `readv`, and of a tx pass's batch.
+    rx_ranges: Vec<(GuestAddress, usize)>,
+    tx_batch_scratch: Vec<(GuestAddress, usize)>,
     /// Extra rx chains filled by the last read, to complete right after the first one.
     rx_extra_used: Vec<(u16, u32)>,
     /// Set when a control plane decides where guest connections go.
@@ -186,8 +188,8 @@ impl VsockDevice {
             sibling,
             parked: Default::default(),
             stats: Stats::default(),
-            iov: IovecScratch::default(),
-            tx_batch: TxBatch::default(),
+            rx_ranges: Vec::new(),
+            tx_batch_scratch: Vec::new(),
             rx_extra_used: Vec::new(),
             host_router: None,
             events: None,
@@ -305,12 +307,6 @@ impl VsockDevice {
         let conn = self.conns.remove(slot)?;
         if conn.host_initiated {
             self.host_initiated_open = self.host_initiated_open.saturating_sub(1);
-        }
-        if self.tx_batch.slot == Some(slot) {
-            // The connection is gone: its batched bytes have nowhere to go.
-            self.tx_batch.slot = None;
-            self.tx_batch.bytes = 0;
-            self.tx_batch.iov.0.clear();
         }
         if let Some(ev) = &self.events {
             ev.closed(conn.key, reason);
@@ -445,23 +441,6 @@ fn host_ends(guest_cid: u64, key: ConnKey) -> Endpoints {
     }
 }
 
-/// Guest → host payloads of one stream connection gathered during a tx pass, sent with one
-/// `sendmsg` (a 4 KiB-write workload otherwise costs one syscall and one host wake-up per
-/// packet). The iovecs point into guest buffers whose chains are held until the pass ends.
-#[derive(Default)]
-struct TxBatch {
-    slot: Option<u32>,
-    bytes: usize,
-    iov: IovecScratch,
-}
-
-/// Reusable iovec storage for one `readv`/`writev` at a time.
-#[derive(Default)]
-struct IovecScratch(Vec<libc::iovec>);
-
-// SAFETY: the pointers are only written and used within one call on the owning thread; they are
-// never dereferenced after the call that filled them, so moving the (stale) storage is harmless.
-unsafe impl Send for IovecScratch {}
 
 #[cfg(test)]
 mod tests;

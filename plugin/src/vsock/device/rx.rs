@@ -235,7 +235,7 @@ impl VsockDevice {
             let chains: Vec<&ChainBuffers> = std::iter::once(chain)
                 .chain(extra.iter().map(|e| &e.0))
                 .collect();
-            let result = read_stream(conn, &chains, &caps, mem, &mut self.iov.0);
+            let result = read_stream(conn, &chains, &caps, mem, &mut self.rx_ranges);
             let total: usize = caps.iter().sum();
             // Chains the read did not reach go back to the ring, last popped first.
             let reached = match &result {

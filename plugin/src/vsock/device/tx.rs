@@ -13,10 +13,16 @@ impl VsockDevice {
     pub fn process_tx(&mut self, rings: &mut Rings) {
         self.drain_parked();
         let mem = rings.mem;
+        // The batch names guest buffers of chains in `heads`: every path that hands those chains
+        // back to the guest (return_tx_chains) flushes it first, so it never outlives them.
+        let mut batch = TxBatch {
+            ranges: std::mem::take(&mut self.tx_batch_scratch),
+            ..TxBatch::default()
+        };
         loop {
             let tx = &mut rings.vrings[TX_QUEUE];
             if !tx.is_ready() {
-                return;
+                break;
             }
             tx.disable_notification(mem);
             self.tx_paused = false;
@@ -27,79 +33,87 @@ impl VsockDevice {
                     break;
                 }
                 if heads.len() >= MAX_HELD_CHAINS {
-                    self.return_tx_chains(rings, &mut heads);
+                    self.return_tx_chains(rings, &mut heads, &mut batch);
                 }
                 let Some(chain) = rings.vrings[TX_QUEUE].pop(mem) else {
                     break;
                 };
-                self.handle_tx_chain(&chain, mem);
+                self.handle_tx_chain(&chain, mem, &mut batch);
                 heads.push(chain.head);
             }
             let used_any = !heads.is_empty();
-            self.return_tx_chains(rings, &mut heads);
+            self.return_tx_chains(rings, &mut heads, &mut batch);
             let tx = &mut rings.vrings[TX_QUEUE];
             if used_any {
                 tx.notify(mem);
             }
             if self.tx_paused || !tx.enable_notification(mem) {
-                return;
+                break;
             }
         }
+        self.tx_batch_scratch = batch.ranges;
     }
 
     /// Sends what is batched, then hands the chains of this pass back to the guest.
-    fn return_tx_chains(&mut self, rings: &mut Rings, heads: &mut Vec<u16>) {
-        self.flush_tx_batch();
+    fn return_tx_chains(&mut self, rings: &mut Rings, heads: &mut Vec<u16>, batch: &mut TxBatch) {
+        self.flush_tx_batch(batch, rings.mem);
         for head in heads.drain(..) {
             rings.vrings[TX_QUEUE].add_used(rings.mem, head, 0);
         }
     }
 
-    /// Writes the batched payloads with one `sendmsg`; what the socket does not take is copied
-    /// into the connection's queue (the guest buffers are about to be returned).
-    pub(super) fn flush_tx_batch(&mut self) {
-        let Some(slot) = self.tx_batch.slot.take() else {
+    /// Writes the batched payloads with one `sendmsg`, straight from the guest buffers; what
+    /// the socket does not take is copied into the connection's queue (the buffers are about to
+    /// be returned). A batch whose connection ended (or whose slot holds a newer connection) is
+    /// dropped: its bytes have nowhere to go.
+    fn flush_tx_batch(&mut self, batch: &mut TxBatch, mem: &DeviceMemory) {
+        let Some((slot, generation)) = batch.target.take() else {
             return;
         };
-        let bytes = std::mem::take(&mut self.tx_batch.bytes);
-        let iov = std::mem::take(&mut self.tx_batch.iov.0);
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        let result = match conn.host.as_ref() {
-            // SAFETY: the iovecs point into guest buffers of chains not yet returned to the guest,
-            // in memory kept mapped for this pass (see process_tx).
-            Some(sock) => unsafe { writev_nosignal(sock.as_raw_fd(), &iov) },
-            None => Ok(0),
-        };
-        let done = match result {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => {
+        let bytes = std::mem::take(&mut batch.bytes);
+        let ranges = std::mem::take(&mut batch.ranges);
+        let alive = self.conns.generation(slot) == generation;
+        if let Some(conn) = self.conns.get_mut(slot).filter(|_| alive) {
+            let result = match conn.host.as_ref() {
+                // Bytes queued ahead (an earlier flush the socket did not take whole) go first.
+                Some(_) if !conn.tx_queue.is_empty() => Ok(0),
+                Some(sock) => guest_io::send_from_guest(sock.as_raw_fd(), mem, &ranges),
+                None => Ok(0),
+            };
+            let queued = match result {
+                Ok(done) => {
+                    conn.credit.fwd_cnt = conn.credit.fwd_cnt.wrapping_add(done as u32);
+                    if done < bytes {
+                        conn.host_writable = false;
+                        guest_io::copy_from_guest(mem, &ranges, done)
+                            .map(|rest| conn.tx_queue.push(rest))
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.host_writable = false;
+                    guest_io::copy_from_guest(mem, &ranges, 0).map(|rest| conn.tx_queue.push(rest))
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = queued {
                 crate::log_limited!(Info, "host side of {:?} failed: {e}; reset", conn.key);
                 self.reset_conn(slot);
-                return;
+            } else if conn.credit.update_worthwhile() {
+                let (key, k) = (conn.key, conn.kind);
+                self.queue_credit_update(slot, key, k);
             }
-        };
-        conn.credit.fwd_cnt = conn.credit.fwd_cnt.wrapping_add(done as u32);
-        if done < bytes {
-            conn.host_writable = false;
-            // SAFETY: as above; the copy reads only within the iovecs.
-            conn.tx_queue.push(unsafe { copy_from_iovecs(&iov, done) });
         }
-        self.tx_batch.iov.0 = iov;
-        self.tx_batch.iov.0.clear();
-        if conn.credit.update_worthwhile() {
-            let (key, k) = (conn.key, conn.kind);
-            self.queue_credit_update(slot, key, k);
-        }
+        batch.ranges = ranges;
+        batch.ranges.clear();
     }
 
     pub fn tx_paused(&self) -> bool {
         self.tx_paused
     }
 
-    pub(super) fn handle_tx_chain(&mut self, chain: &ChainBuffers, mem: &DeviceMemory) {
+    fn handle_tx_chain(&mut self, chain: &ChainBuffers, mem: &DeviceMemory, batch: &mut TxBatch) {
         self.stats.tx_packets += 1;
         let mut raw = [0u8; HEADER_SIZE];
         if chain.readable.len() < HEADER_SIZE || chain.readable.read_at(mem, 0, &mut raw).is_err() {
@@ -153,7 +167,7 @@ impl VsockDevice {
         }
         match hdr.dst_cid() {
             HOST_CID => {
-                self.handle_host_packet(&hdr, op, chain, mem);
+                self.handle_host_packet(&hdr, op, chain, mem, batch);
             }
             dst => {
                 let mut packet = vec![0u8; HEADER_SIZE + len];
@@ -182,12 +196,13 @@ impl VsockDevice {
         self.reply_rst(hdr);
     }
 
-    pub(super) fn handle_host_packet(
+    fn handle_host_packet(
         &mut self,
         hdr: &PacketHeader,
         op: Op,
         chain: &ChainBuffers,
         mem: &DeviceMemory,
+        batch: &mut TxBatch,
     ) {
         let key = ConnKey {
             host_port: hdr.dst_port(),
@@ -204,9 +219,9 @@ impl VsockDevice {
             }
             return;
         };
-        if op != Op::Rw && self.tx_batch.slot == Some(slot) {
+        if op != Op::Rw && batch.target.is_some_and(|(s, _)| s == slot) {
             // Keep the order: batched data goes out before a SHUTDOWN, RST or anything else.
-            self.flush_tx_batch();
+            self.flush_tx_batch(batch, mem);
         }
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
@@ -226,7 +241,7 @@ impl VsockDevice {
                 self.reset_conn(slot);
             }
             Op::Response => self.guest_accepted(slot),
-            Op::Rw => self.guest_data(slot, hdr, chain, mem),
+            Op::Rw => self.guest_data(slot, hdr, chain, mem, batch),
             Op::CreditUpdate => {}
             Op::CreditRequest => {
                 let k = conn.kind;
@@ -377,14 +392,16 @@ impl VsockDevice {
         self.established(slot);
     }
 
-    pub(super) fn guest_data(
+    fn guest_data(
         &mut self,
         slot: u32,
         hdr: &PacketHeader,
         chain: &ChainBuffers,
         mem: &DeviceMemory,
+        batch: &mut TxBatch,
     ) {
         let len = hdr.len() as usize;
+        let target = (slot, self.conns.generation(slot));
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -410,24 +427,16 @@ impl VsockDevice {
         }
         if !conn.is_seqpacket() && conn.tx_queue.is_empty() && conn.host_writable && len > 0 {
             // Straight from guest memory, gathered with the connection's previous packets.
-            if self.tx_batch.slot.is_some_and(|s| s != slot)
-                || self.tx_batch.bytes + len > MAX_BATCH_BYTES
-            {
-                self.flush_tx_batch();
+            if batch.target.is_some_and(|t| t != target) || batch.bytes + len > MAX_BATCH_BYTES {
+                self.flush_tx_batch(batch, mem);
             }
-            let mut piece = Vec::new();
-            if let Err(e) =
-                chain
-                    .readable
-                    .iovecs(mem, HEADER_SIZE, len, Permissions::Read, &mut piece)
-            {
+            if let Err(e) = chain.readable.ranges(HEADER_SIZE, len, &mut batch.ranges) {
                 crate::log_limited!(Warn, "tx payload of {slot} unreadable: {e}; reset");
                 self.reset_conn(slot);
                 return;
             }
-            self.tx_batch.slot = Some(slot);
-            self.tx_batch.bytes += len;
-            self.tx_batch.iov.0.extend_from_slice(&piece);
+            batch.target = Some(target);
+            batch.bytes += len;
             return;
         }
         let result = if conn.is_seqpacket() {
@@ -475,4 +484,16 @@ impl VsockDevice {
             conn.propagate_guest_shutdown();
         }
     }
+}
+
+/// Guest → host payloads of one stream connection gathered during a tx pass, sent with one
+/// `sendmsg` (a 4 KiB-write workload otherwise costs one syscall and one host wake-up per
+/// packet). It names guest buffers by address only; they stay the guest's until
+/// [`VsockDevice::process_tx`] returns their chains, which it does only after flushing.
+#[derive(Default)]
+struct TxBatch {
+    /// (slot, generation) of the connection the bytes belong to.
+    target: Option<(u32, u32)>,
+    bytes: usize,
+    ranges: Vec<(GuestAddress, usize)>,
 }
