@@ -15,10 +15,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{Request, VmControl, VmReport};
-use crate::virtio::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET};
 use crate::vhost_user::listener::FrontendListener;
 use crate::vhost_user::session::{FrontendSession, SessionConfig};
 use crate::vhost_user::slot;
+use crate::virtio::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET};
 use crate::vsock::device::{Rings, VsockDevice};
 use vsock_plugin_ipc::proto::control::DeviceState;
 

@@ -131,7 +131,11 @@ fn named_paths(src: &Path, code: &str, here: &[String], is_dir_module: bool) -> 
                 let mut m = here.to_vec();
                 let ups = segs.iter().take_while(|s| *s == "super").count();
                 m.truncate(m.len().saturating_sub(ups));
-                m.extend(segs[ups.max(usize::from(segs[0] == "self"))..].iter().cloned());
+                m.extend(
+                    segs[ups.max(usize::from(segs[0] == "self"))..]
+                        .iter()
+                        .cloned(),
+                );
                 found.push(m);
                 i = j;
                 continue;
@@ -150,7 +154,10 @@ fn named_paths(src: &Path, code: &str, here: &[String], is_dir_module: bool) -> 
         base.extend(segs[1..].iter().cloned());
         if chars.get(j) == Some(&'{') {
             // `crate::a::{b, c::d}`: every member, one level deep is enough for units.
-            let end = chars[j..].iter().position(|&c| c == '}').map_or(chars.len(), |p| j + p);
+            let end = chars[j..]
+                .iter()
+                .position(|&c| c == '}')
+                .map_or(chars.len(), |p| j + p);
             let group: String = chars[j + 1..end].iter().collect();
             for member in group.split(',') {
                 let mut p = base.clone();
@@ -204,7 +211,8 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             if let Some(to) = unit_of(&path, src) {
                 // A directory module and its own children (re-exports one way, shared items the
                 // other) are one module seen from outside: no edge between them.
-                let family = to.starts_with(&format!("{from}::")) || from.starts_with(&format!("{to}::"));
+                let family =
+                    to.starts_with(&format!("{from}::")) || from.starts_with(&format!("{to}::"));
                 if to != from && !family {
                     edges.entry(from.clone()).or_default().insert(to);
                 }
@@ -291,14 +299,20 @@ fn the_checker_finds_a_circle_and_ignores_comments() {
     std::fs::write(dir.join("a/x.rs"), "use crate::b::Thing;\nuse super::y;\n").unwrap();
     std::fs::write(dir.join("a/y.rs"), "// crate::b::Thing in prose\n").unwrap();
     std::fs::write(dir.join("b.rs"), "fn f() { crate::a::{x::g, y::h}(); }\n").unwrap();
-    std::fs::write(dir.join("c.rs"), "/// see [`crate::b`]\nconst S: &str = \"crate::b\";\n")
-        .unwrap();
+    std::fs::write(
+        dir.join("c.rs"),
+        "/// see [`crate::b`]\nconst S: &str = \"crate::b\";\n",
+    )
+    .unwrap();
     let edges = graph(&dir);
     assert_eq!(
         edges["a::x"],
         BTreeSet::from(["b".to_string(), "a::y".to_string()])
     );
-    assert!(edges["a::y"].is_empty() && edges["c"].is_empty(), "{edges:?}");
+    assert!(
+        edges["a::y"].is_empty() && edges["c"].is_empty(),
+        "{edges:?}"
+    );
     let found: Vec<String> = cycles(&edges).iter().map(|c| c.join(" -> ")).collect();
     assert_eq!(found, vec!["a::x -> b -> a::x".to_string()]);
     let _ = std::fs::remove_dir_all(&dir);

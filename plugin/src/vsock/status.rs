@@ -18,13 +18,19 @@ pub struct ConnKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Host client asked for a guest port; REQUEST sent, waiting for RESPONSE.
-    LocalInit { since: Instant },
+    LocalInit {
+        since: Instant,
+    },
     /// Guest sent REQUEST; connecting to the host listener (its backlog was full) or waiting
     /// for the control plane's route.
-    PeerInit { since: Instant },
+    PeerInit {
+        since: Instant,
+    },
     Established,
     /// Waiting for our buffer to drain (guest closed) or for the guest's RST (host closed).
-    Closing { since: Instant },
+    Closing {
+        since: Instant,
+    },
 }
 
 /// One connection as status reports show it.

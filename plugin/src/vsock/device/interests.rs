@@ -28,9 +28,15 @@ const KIND_CONN: u64 = 2;
 pub(super) enum Source {
     HybridListener,
     /// A waiting host client: index into the device's client list, and its generation.
-    Client { id: u32, generation: u32 },
+    Client {
+        id: u32,
+        generation: u32,
+    },
     /// A connection's host socket: its table slot, and the slot's generation.
-    Conn { slot: u32, generation: u32 },
+    Conn {
+        slot: u32,
+        generation: u32,
+    },
 }
 
 impl Source {

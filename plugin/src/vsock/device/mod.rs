@@ -33,8 +33,8 @@ use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
 use super::conn_table::ConnTable;
 use super::connection::Connection;
-use super::status::{ConnKey, ConnSnapshot, State, Stats};
 use super::packet::{kind, seq, shutdown, Endpoints, Op, PacketHeader, HEADER_SIZE, HOST_CID};
+use super::status::{ConnKey, ConnSnapshot, State, Stats};
 use crate::config::OkReply;
 use crate::host::connect_line::{ConnectLine, LineState};
 use crate::host::route::{ConnectionEvents, ConnectionLimits, HostRoute, RouteRequests};
@@ -441,6 +441,7 @@ fn host_ends(guest_cid: u64, key: ConnKey) -> Endpoints {
     }
 }
 
-
+#[cfg(test)]
+mod test_guest;
 #[cfg(test)]
 mod tests;

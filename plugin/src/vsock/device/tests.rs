@@ -80,7 +80,9 @@ pub(super) fn host_client(dev: &mut VsockDevice, dir: &TempDir, guest_port: u32)
     let mut c = UnixStream::connect(dir.0.join("v")).unwrap();
     c.write_all(format!("connect {guest_port}\n").as_bytes())
         .unwrap();
-    poll_until(dev, |d| d.conns.iter().any(|c| c.key.guest_port == guest_port));
+    poll_until(dev, |d| {
+        d.conns.iter().any(|c| c.key.guest_port == guest_port)
+    });
     c
 }
 
@@ -110,14 +112,21 @@ fn a_stale_event_does_not_reach_the_connection_that_reuses_its_slot() {
     assert!(dev.reset_connection(old_key));
     let _second = host_client(&mut dev, &dir, 5001);
     let new_key = key_of(&dev, 5001);
-    assert_eq!(dev.conns.slot_of(&new_key), Some(slot), "the slot is reused");
+    assert_eq!(
+        dev.conns.slot_of(&new_key),
+        Some(slot),
+        "the slot is reused"
+    );
 
     // The old socket's hang-up, delivered late in the same batch.
     dev.dispatch(stale, EventSet::IN | EventSet::HANG_UP, true);
     let conn = dev.conns.get(slot).unwrap();
     assert_eq!(conn.key, new_key);
     assert!(!conn.host_hup, "the new connection was marked hung up");
-    assert!(!conn.host_readable, "the new connection was marked readable");
+    assert!(
+        !conn.host_readable,
+        "the new connection was marked readable"
+    );
 
     // An event with the slot's current generation does reach it.
     let current = Source::Conn {
@@ -157,4 +166,461 @@ fn a_stale_event_does_not_reach_the_client_that_reuses_its_index() {
     };
     dev.dispatch(current, EventSet::IN, true);
     assert_eq!(dev.conns.len(), 1);
+}
+
+// ----- the device against a mock guest driver ---------------------------------------------------
+
+use std::io::Read;
+
+use super::test_guest::{TestGuest, RX_PAYLOAD};
+use crate::host::route::{
+    ConnectionEvents, ConnectionLimits, HostRoute, PortLimits, RouteRequests,
+};
+use crate::virtio::EVENT_TRANSPORT_RESET;
+use crate::vsock::packet::{shutdown, Op, PacketHeader};
+
+const GUEST_PORT: u32 = 49152;
+const HOST_PORT: u32 = 1234;
+const GUEST_BUF: u32 = 64 * 1024;
+
+/// A host service listening at `<uds>_<port>`.
+fn listen(dir: &TempDir, port: u32) -> UnixListener {
+    UnixListener::bind(dir.0.join(format!("v_{port}"))).unwrap()
+}
+
+fn ops(packets: &[(PacketHeader, Vec<u8>)]) -> Vec<Op> {
+    packets.iter().map(|(h, _)| h.op().unwrap()).collect()
+}
+
+/// A control plane that records route requests (answered by the test with `apply_route`).
+#[derive(Clone, Default)]
+struct Recorder(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Recorder {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl RouteRequests for Recorder {
+    fn request(&self, key: ConnKey) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("route {}", key.host_port));
+    }
+}
+
+impl ConnectionEvents for Recorder {
+    fn opened(&self, key: ConnKey, host_initiated: bool, _via_service: bool) {
+        let who = if host_initiated { "host" } else { "guest" };
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("opened {} by {who}", key.host_port));
+    }
+    fn closed(&self, key: ConnKey, reason: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("closed {}: {reason}", key.host_port));
+    }
+}
+
+impl ConnectionLimits for Recorder {
+    fn limits(&self, _port: u32) -> PortLimits {
+        PortLimits::default()
+    }
+}
+
+fn with_control(dev: &mut VsockDevice) -> Recorder {
+    let r = Recorder::default();
+    dev.attach_control(
+        Box::new(r.clone()),
+        Box::new(r.clone()),
+        Box::new(r.clone()),
+    );
+    r
+}
+
+/// Guest REQUEST, routed by the control plane to a host socket: RESPONSE on rx. (A listener
+/// at `<uds>_<port>` in this very process would be refused: the device never connects a guest
+/// to its own process, see the test below.) Returns the host peer.
+fn connected(dev: &mut VsockDevice, g: &mut TestGuest, dir: &TempDir) -> UnixStream {
+    let control = with_control(dev);
+    g.post_rx(4);
+    g.send(
+        dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Request, GUEST_BUF, 0),
+        &[],
+    );
+    assert_eq!(control.take(), vec![format!("route {HOST_PORT}")]);
+    assert!(
+        g.received().is_empty(),
+        "no RESPONSE before the route is known"
+    );
+    let (ours, host) = UnixStream::pair().unwrap();
+    let key = ConnKey {
+        host_port: HOST_PORT,
+        guest_port: GUEST_PORT,
+    };
+    dev.apply_route(key, HostRoute::Stream(ours));
+    g.pump(dev);
+    let got = g.received();
+    assert_eq!(ops(&got), vec![Op::Response]);
+    let (h, _) = &got[0];
+    let ends = h.endpoints();
+    assert_eq!(
+        (ends.src_cid, ends.src_port, ends.dst_cid, ends.dst_port),
+        (2, HOST_PORT, 3, GUEST_PORT)
+    );
+    assert_eq!(h.buf_alloc(), config(dir).buf_alloc);
+    assert_eq!(control.take(), vec![format!("opened {HOST_PORT} by guest")]);
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    host
+}
+
+#[test]
+fn guest_request_to_a_socket_of_the_plugin_process_itself_is_refused() {
+    let dir = TempDir::new("ownproc");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let listener = listen(&dir, HOST_PORT);
+    listener.set_nonblocking(true).unwrap();
+    g.post_rx(1);
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Request, GUEST_BUF, 0),
+        &[],
+    );
+    assert_eq!(ops(&g.received()), vec![Op::Rst]);
+    assert!(dev.conns.is_empty());
+}
+
+#[test]
+fn guest_request_to_a_listening_host_socket_gets_a_response() {
+    let dir = TempDir::new("request");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let _host = connected(&mut dev, &mut g, &dir);
+    assert_eq!(dev.stats.connections_opened, 1);
+    assert!(dev.conns.iter().all(|c| c.is_established()));
+}
+
+#[test]
+fn guest_request_without_a_listener_gets_rst() {
+    let dir = TempDir::new("norequest");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    g.post_rx(1);
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, 999, Op::Request, GUEST_BUF, 0),
+        &[],
+    );
+    assert_eq!(ops(&g.received()), vec![Op::Rst]);
+    assert!(dev.conns.is_empty());
+}
+
+#[test]
+fn data_goes_both_ways_and_credit_is_accounted() {
+    let dir = TempDir::new("data");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let mut host = connected(&mut dev, &mut g, &dir);
+
+    // guest → host
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
+        b"hello host",
+    );
+    let mut got = [0u8; 10];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello host");
+
+    // host → guest: the host socket's event, then the rx pass.
+    host.write_all(b"hello guest").unwrap();
+    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.host_readable));
+    g.pump(&mut dev);
+    let got = g.received();
+    assert_eq!(ops(&got), vec![Op::Rw]);
+    let (h, payload) = &got[0];
+    assert_eq!(payload, b"hello guest");
+    // The header tells the guest what the host has consumed of its 10 bytes.
+    assert_eq!(h.fwd_cnt(), 10);
+    assert_eq!(h.buf_alloc(), config(&dir).buf_alloc);
+}
+
+#[test]
+fn host_data_stops_at_the_guest_credit_and_resumes_on_credit_update() {
+    let dir = TempDir::new("credit");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let mut host = connected(&mut dev, &mut g, &dir);
+    // The guest shrinks its buffer to 8 bytes.
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::CreditUpdate, 8, 0),
+        &[],
+    );
+    host.write_all(b"0123456789abcdefghij").unwrap();
+    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.host_readable));
+    g.pump(&mut dev);
+    g.pump(&mut dev);
+    let got = g.received();
+    assert_eq!(ops(&got), vec![Op::Rw, Op::CreditRequest]);
+    assert_eq!(got[0].1, b"01234567");
+    // Nothing more until the guest says it consumed them.
+    g.pump(&mut dev);
+    assert!(g.received().is_empty());
+    g.post_rx(2);
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::CreditUpdate, 8, 8),
+        &[],
+    );
+    let got = g.received();
+    // Eight more, and a new request: "ghij" is still waiting.
+    assert_eq!(ops(&got), vec![Op::Rw, Op::CreditRequest]);
+    assert_eq!(got[0].1, b"89abcdef");
+}
+
+#[test]
+fn credit_request_is_answered_with_the_bytes_forwarded() {
+    let dir = TempDir::new("creditreq");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let mut host = connected(&mut dev, &mut g, &dir);
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
+        &[7u8; 100],
+    );
+    let mut sink = [0u8; 100];
+    host.read_exact(&mut sink).unwrap();
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::CreditRequest, GUEST_BUF, 0),
+        &[],
+    );
+    let got = g.received();
+    assert_eq!(ops(&got), vec![Op::CreditUpdate]);
+    assert_eq!(got[0].0.fwd_cnt(), 100);
+    assert_eq!(got[0].0.buf_alloc(), config(&dir).buf_alloc);
+}
+
+#[test]
+fn guest_overrunning_its_credit_is_reset_on_both_sides() {
+    let dir = TempDir::new("overrun");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let mut host = connected(&mut dev, &mut g, &dir);
+    // The host reads nothing and its socket is small: most of 64 KiB stays in our buffer.
+    let fd =
+        std::os::fd::AsRawFd::as_raw_fd(dev.conns.iter().next().unwrap().host.as_ref().unwrap());
+    let small: libc::c_int = 4096;
+    // SAFETY: setsockopt reads one c_int from `small`, which lives across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    let buf_alloc = config(&dir).buf_alloc;
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
+        &vec![1u8; buf_alloc as usize],
+    );
+    let taken = dev.conns.iter().next().unwrap().credit.fwd_cnt;
+    assert!(taken < buf_alloc, "the host socket took only part: {taken}");
+    let _ = g.received();
+    // Exactly our free space is fine; one byte more is an overrun.
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
+        &vec![2u8; taken as usize],
+    );
+    assert!(ops(&g.received()).iter().all(|&op| op == Op::CreditUpdate));
+    assert_eq!(dev.conns.len(), 1);
+    let taken2 = dev.conns.iter().next().unwrap().credit.fwd_cnt - taken;
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
+        &vec![3u8; taken2 as usize + 1],
+    );
+    assert_eq!(ops(&g.received()), vec![Op::Rst]);
+    assert!(dev.conns.is_empty());
+    // What the host socket took arrives, then EOF (the rest of our buffer is dropped with the RST).
+    let mut all = Vec::new();
+    host.read_to_end(&mut all).unwrap();
+    assert_eq!(all.len() as u32, taken + taken2);
+}
+
+#[test]
+fn guest_rst_closes_the_host_socket_without_an_answer() {
+    let dir = TempDir::new("rst");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let mut host = connected(&mut dev, &mut g, &dir);
+    let control = with_control(&mut dev);
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rst, GUEST_BUF, 0),
+        &[],
+    );
+    assert_eq!(
+        control.take(),
+        vec![format!("closed {HOST_PORT}: reset by the guest")]
+    );
+    assert!(g.received().is_empty(), "an RST is never answered");
+    assert!(dev.conns.is_empty());
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        host.read(&mut buf).unwrap(),
+        0,
+        "the host peer sees the close"
+    );
+}
+
+fn shutdown_hdr(g: &TestGuest, flags: u32) -> PacketHeader {
+    let mut h = g.hdr(GUEST_PORT, HOST_PORT, Op::Shutdown, GUEST_BUF, 0);
+    h.set_flags(flags);
+    h
+}
+
+#[test]
+fn guest_half_close_reaches_the_host_which_may_still_write() {
+    let dir = TempDir::new("guesthalf");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let mut host = connected(&mut dev, &mut g, &dir);
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
+        b"last",
+    );
+    g.send(&mut dev, shutdown_hdr(&g, shutdown::SEND), &[]);
+    let mut all = Vec::new();
+    host.read_to_end(&mut all).unwrap();
+    assert_eq!(all, b"last", "the data, then EOF");
+    host.write_all(b"reply").unwrap();
+    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.host_readable));
+    g.pump(&mut dev);
+    let got = g.received();
+    assert_eq!(ops(&got), vec![Op::Rw]);
+    assert_eq!(got[0].1, b"reply");
+    // Data after its own SHUTDOWN(SEND) is a guest error: reset.
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
+        b"more",
+    );
+    assert_eq!(ops(&g.received()), vec![Op::Rst]);
+    assert!(dev.conns.is_empty());
+}
+
+#[test]
+fn host_half_close_reaches_the_guest_which_may_still_send_then_closes_with_rst() {
+    let dir = TempDir::new("hosthalf");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let mut host = connected(&mut dev, &mut g, &dir);
+    host.write_all(b"bye").unwrap();
+    host.shutdown(std::net::Shutdown::Write).unwrap();
+    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.host_readable));
+    g.pump(&mut dev);
+    g.pump(&mut dev);
+    let got = g.received();
+    assert_eq!(ops(&got), vec![Op::Rw, Op::Shutdown]);
+    assert_eq!(got[0].1, b"bye");
+    assert_eq!(got[1].0.flags(), shutdown::SEND);
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
+        b"still here",
+    );
+    let mut got = [0u8; 10];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still here");
+    // Guest SHUTDOWN(RCV|SEND) with nothing buffered: RST at once, the host sees EOF.
+    g.send(&mut dev, shutdown_hdr(&g, shutdown::BOTH), &[]);
+    assert_eq!(ops(&g.received()), vec![Op::Rst]);
+    assert!(dev.conns.is_empty());
+    let mut rest = Vec::new();
+    host.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn host_close_becomes_shutdown_both_and_the_guest_rst_ends_it() {
+    let dir = TempDir::new("hostclose");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let host = connected(&mut dev, &mut g, &dir);
+    drop(host);
+    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.host_readable));
+    g.pump(&mut dev);
+    g.pump(&mut dev);
+    let got = g.received();
+    assert_eq!(ops(&got), vec![Op::Shutdown]);
+    assert_eq!(got[0].0.flags(), shutdown::BOTH);
+    assert!(matches!(
+        dev.conns.iter().next().unwrap().state,
+        crate::vsock::status::State::Closing { .. }
+    ));
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rst, GUEST_BUF, 0),
+        &[],
+    );
+    assert!(dev.conns.is_empty() && g.received().is_empty());
+}
+
+#[test]
+fn host_initiated_connection_gets_ok_after_the_guest_response() {
+    let dir = TempDir::new("hostinit");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let mut client = host_client(&mut dev, &dir, 5000);
+    g.post_rx(2);
+    g.pump(&mut dev);
+    let got = g.received();
+    assert_eq!(ops(&got), vec![Op::Request]);
+    let ends = got[0].0.endpoints();
+    assert_eq!((ends.dst_cid, ends.dst_port), (3, 5000));
+    let mut h = g.hdr(5000, ends.src_port, Op::Response, GUEST_BUF, 0);
+    h.set_flags(0);
+    g.send(&mut dev, h, &[]);
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut line = [0u8; 8];
+    client.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"OK 5000\n");
+    assert!(dev.conns.iter().all(|c| c.is_established()));
+}
+
+#[test]
+fn transport_reset_is_posted_after_a_device_reset() {
+    let dir = TempDir::new("reset");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let mut host = connected(&mut dev, &mut g, &dir);
+    dev.reset();
+    let mut buf = [0u8; 1];
+    assert_eq!(host.read(&mut buf).unwrap(), 0, "host peers see the close");
+    g.post_event();
+    g.pump(&mut dev);
+    assert_eq!(g.events(), vec![EVENT_TRANSPORT_RESET]);
+    // Once only.
+    g.post_event();
+    g.pump(&mut dev);
+    assert!(g.events().is_empty());
+    let _ = RX_PAYLOAD;
 }
