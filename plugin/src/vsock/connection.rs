@@ -30,8 +30,9 @@ use std::io::{self, IoSlice, Write};
 use std::os::unix::net::UnixStream;
 
 use super::credit::Credit;
-use super::packet::{kind, shutdown};
-use super::status::{ConnKey, State};
+use super::csm::ConnState;
+use super::packet::kind;
+use super::status::ConnKey;
 
 /// Guest → host bytes the host socket did not take yet. For SEQPACKET each entry is one whole
 /// message and is sent whole; for streams entries are just chunks.
@@ -147,7 +148,8 @@ pub struct Connection {
     pub key: ConnKey,
     /// `kind::STREAM` or `kind::SEQPACKET`.
     pub kind: u16,
-    pub state: State,
+    /// Phase and open directions; changed only through its transitions.
+    pub state: ConnState,
     /// The host end (None while a guest-initiated connect waits for backlog room).
     pub host: Option<UnixStream>,
     pub credit: Credit,
@@ -164,18 +166,6 @@ pub struct Connection {
     pub host_readable: bool,
     /// The host socket may accept data.
     pub host_writable: bool,
-    /// The host end sent EOF (half-close or full close).
-    pub host_eof: bool,
-    /// The host end is gone in both directions (HUP).
-    pub host_hup: bool,
-    /// The host end shut down its writing side (RDHUP seen): an EOF is waiting behind the data.
-    pub host_rdhup: bool,
-    /// SHUTDOWN flags received from the guest.
-    pub guest_shut: u32,
-    /// SHUTDOWN flags we sent to the guest.
-    pub host_shut_sent: u32,
-    /// `shutdown(SHUT_WR)` done on the host socket.
-    pub host_write_shut: bool,
     /// Host-initiated: the guest port requested, for the `OK` line.
     pub ok_line: Option<Vec<u8>>,
     /// A CREDIT_REQUEST was sent and not yet answered.
@@ -197,7 +187,7 @@ impl Connection {
     pub fn new(
         key: ConnKey,
         kind: u16,
-        state: State,
+        state: ConnState,
         host: Option<UnixStream>,
         buf_alloc: u32,
     ) -> Connection {
@@ -213,12 +203,6 @@ impl Connection {
             rx_pending_eom: 0,
             host_readable: false,
             host_writable: true,
-            host_eof: false,
-            host_hup: false,
-            host_rdhup: false,
-            guest_shut: 0,
-            host_shut_sent: 0,
-            host_write_shut: false,
             ok_line: None,
             credit_requested: false,
             rx_queued: false,
@@ -235,14 +219,14 @@ impl Connection {
     }
 
     pub fn is_established(&self) -> bool {
-        self.state == State::Established
+        self.state.is_established()
     }
 
     /// Host → guest data can be produced now (ignoring rx buffer availability).
     pub fn has_rx_data(&self) -> bool {
         self.is_established()
-            && self.guest_shut & shutdown::RCV == 0
-            && (!self.rx_pending.is_empty() || (self.host_readable && !self.host_eof))
+            && self.state.guest_reads()
+            && (!self.rx_pending.is_empty() || (self.host_readable && !self.state.host_eof()))
     }
 
     /// Writes what is queued for the host; updates fwd_cnt. Err: the host socket is broken.
@@ -264,15 +248,11 @@ impl Connection {
 
     /// Applies a pending guest SHUTDOWN(SEND) to the host socket once everything is flushed.
     pub fn propagate_guest_shutdown(&mut self) {
-        if self.guest_shut & shutdown::SEND != 0
-            && self.tx_queue.is_empty()
-            && !self.host_write_shut
-        {
+        if self.state.take_write_shutdown(self.tx_queue.is_empty()) {
             // Under `--sandbox stock` there is no shutdown(2): the host sees EOF at full close.
             if let (Some(sock), true) = (&self.host, crate::sandbox::half_close_allowed()) {
                 let _ = sock.shutdown(std::net::Shutdown::Write);
             }
-            self.host_write_shut = true;
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`packet`]: the 44-byte header and its constants.
 //! - [`connection`]: one connection's state machine (with the protocol primer) and host buffer.
+//! - [`csm`]: the connection state machine: phase and which directions are open.
 //! - [`credit`]: credit flow control rules.
 //! - [`conn_table`]: the connections of a VM.
 //! - [`status`]: keys, phases, snapshots and counters others read (a leaf module).
@@ -9,6 +10,7 @@
 pub mod conn_table;
 pub mod connection;
 pub mod credit;
+pub mod csm;
 pub mod device;
 pub mod packet;
 pub mod status;

@@ -227,9 +227,7 @@ impl VsockDevice {
         let mut conn = Connection::new(
             key,
             kind::STREAM,
-            State::LocalInit {
-                since: Instant::now(),
-            },
+            ConnState::local_init(Instant::now()),
             None,
             self.cfg.buf_alloc,
         );
@@ -295,28 +293,15 @@ impl VsockDevice {
         {
             conn.host_readable = true;
         }
-        if events.contains(EventSet::HANG_UP) {
-            conn.host_hup = true;
-        }
-        if events.contains(EventSet::READ_HANG_UP) {
-            conn.host_rdhup = true;
-        }
         if events.contains(EventSet::OUT) {
             conn.host_writable = true;
         }
+        let hup = events.contains(EventSet::HANG_UP);
+        let rdhup = events.contains(EventSet::READ_HANG_UP);
         // Host closed outright after an earlier half-close: the guest must learn RCV too.
-        if conn.host_hup
-            && conn.host_eof
-            && conn.host_shut_sent & shutdown::RCV == 0
-            && conn.is_established()
-        {
-            conn.state = State::Closing {
-                since: Instant::now(),
-            };
-            let key = conn.key;
-            let k = conn.kind;
-            conn.host_shut_sent = shutdown::BOTH;
-            self.queue_control(self.ends(key), k, Op::Shutdown, shutdown::BOTH);
+        if let Some(flags) = conn.state.host_hung_up(hup, rdhup) {
+            let (key, k) = (conn.key, conn.kind);
+            self.queue_control(self.ends(key), k, Op::Shutdown, flags);
         }
         if events.contains(EventSet::OUT) {
             self.flush_host(slot);
@@ -334,7 +319,7 @@ impl VsockDevice {
             return;
         }
         conn.propagate_guest_shutdown();
-        let closing_done = conn.guest_shut == shutdown::BOTH && conn.tx_queue.is_empty();
+        let closing_done = conn.state.guest_closed_both() && conn.tx_queue.is_empty();
         let update = conn.credit.update_worthwhile();
         let (key, k) = (conn.key, conn.kind);
         if closing_done {
@@ -366,7 +351,7 @@ impl VsockDevice {
             let Some(conn) = self.conns.get(slot) else {
                 continue;
             };
-            match conn.state {
+            match conn.state.state() {
                 State::LocalInit { since } | State::PeerInit { since }
                     if now.duration_since(since) >= self.cfg.connect_timeout =>
                 {

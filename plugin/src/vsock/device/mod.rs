@@ -33,7 +33,8 @@ use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
 use super::conn_table::ConnTable;
 use super::connection::Connection;
-use super::packet::{kind, seq, shutdown, Endpoints, Op, PacketHeader, HEADER_SIZE, HOST_CID};
+use super::csm::ConnState;
+use super::packet::{kind, seq, Endpoints, Op, PacketHeader, HEADER_SIZE, HOST_CID};
 use super::status::{ConnKey, ConnSnapshot, State, Stats};
 use crate::config::OkReply;
 use crate::host::connect_line::{ConnectLine, LineState};
@@ -220,7 +221,7 @@ impl VsockDevice {
             .iter()
             .map(|c| ConnSnapshot {
                 key: c.key,
-                state: c.state,
+                state: c.state.state(),
                 host_initiated: c.host_initiated,
                 via_service: c.via_service,
                 bytes_from_guest: c.bytes_from_guest,
@@ -292,7 +293,7 @@ impl VsockDevice {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        conn.state = State::Established;
+        conn.state.establish();
         let (key, k, hi, vs) = (conn.key, conn.kind, conn.host_initiated, conn.via_service);
         if !hi {
             self.queue_control(self.ends(key), k, Op::Response, 0);
@@ -403,8 +404,7 @@ impl VsockDevice {
     fn reset_conn_because(&mut self, slot: u32, reason: &str) {
         if let Some(conn) = self.remove_conn(slot, reason) {
             let ends = self.ends(conn.key);
-            let request_may_wait =
-                conn.host_initiated && matches!(conn.state, State::LocalInit { .. });
+            let request_may_wait = conn.host_initiated && conn.state.is_local_init();
             if request_may_wait && self.unqueue_request(ends) {
                 // The guest never saw this connection: nothing to reset, and no stale REQUEST
                 // piles up while the guest posts no rx buffers.

@@ -256,14 +256,14 @@ impl VsockDevice {
             }
             match result {
                 Ok(0) => {
-                    conn.host_eof = true;
+                    conn.state.host_read_eof();
                     return self.after_empty_read(slot);
                 }
                 Ok(n) => {
                     // A stream read returns less than asked only when the socket is drained;
                     // the next arrival raises a new edge, so skip the EAGAIN read. Not after a
                     // hang-up was signalled: the EOF behind the data has no edge of its own.
-                    if n < total && !conn.host_rdhup && !conn.host_hup {
+                    if n < total && !conn.state.host_hang_up_seen() {
                         conn.host_readable = false;
                     }
                     // Headers of the extra chains now; they go to the used ring right after the
@@ -301,23 +301,8 @@ impl VsockDevice {
     /// The host socket had nothing: EAGAIN (wait for the next edge) or EOF (tell the guest).
     pub(super) fn after_empty_read(&mut self, slot: u32) -> Option<usize> {
         let conn = self.conns.get_mut(slot)?;
-        if !conn.host_eof {
-            conn.host_readable = false;
-            return None;
-        }
         conn.host_readable = false;
-        let flags = if conn.host_hup {
-            shutdown::BOTH
-        } else {
-            shutdown::SEND
-        };
-        if conn.host_shut_sent & flags != flags {
-            conn.host_shut_sent |= flags;
-            if flags == shutdown::BOTH {
-                conn.state = State::Closing {
-                    since: Instant::now(),
-                };
-            }
+        if let Some(flags) = conn.state.eof_to_tell(Instant::now()) {
             let (key, k) = (conn.key, conn.kind);
             self.queue_control(self.ends(key), k, Op::Shutdown, flags);
         }

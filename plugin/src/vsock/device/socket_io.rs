@@ -68,7 +68,7 @@ pub(super) fn read_host_message(conn: &mut Connection) -> io::Result<()> {
     }
     let n = n as usize;
     if n == 0 {
-        conn.host_eof = true;
+        conn.state.host_read_eof();
         return Ok(());
     }
     if n > buf.len() {

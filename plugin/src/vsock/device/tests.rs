@@ -122,7 +122,10 @@ fn a_stale_event_does_not_reach_the_connection_that_reuses_its_slot() {
     dev.dispatch(stale, EventSet::IN | EventSet::HANG_UP, true);
     let conn = dev.conns.get(slot).unwrap();
     assert_eq!(conn.key, new_key);
-    assert!(!conn.host_hup, "the new connection was marked hung up");
+    assert!(
+        !conn.state.host_hang_up_seen(),
+        "the new connection was marked hung up"
+    );
     assert!(
         !conn.host_readable,
         "the new connection was marked readable"
@@ -134,7 +137,7 @@ fn a_stale_event_does_not_reach_the_connection_that_reuses_its_slot() {
         generation: dev.conns.generation(slot),
     };
     dev.dispatch(current, EventSet::IN | EventSet::HANG_UP, true);
-    assert!(dev.conns.get(slot).unwrap().host_hup);
+    assert!(dev.conns.get(slot).unwrap().state.host_hang_up_seen());
 }
 
 /// The same for waiting host clients: an event for a client that was dropped does not reach
@@ -570,10 +573,7 @@ fn host_close_becomes_shutdown_both_and_the_guest_rst_ends_it() {
     let got = g.received();
     assert_eq!(ops(&got), vec![Op::Shutdown]);
     assert_eq!(got[0].0.flags(), shutdown::BOTH);
-    assert!(matches!(
-        dev.conns.iter().next().unwrap().state,
-        crate::vsock::status::State::Closing { .. }
-    ));
+    assert!(dev.conns.iter().next().unwrap().state.is_closing());
     g.send(
         &mut dev,
         g.hdr(GUEST_PORT, HOST_PORT, Op::Rst, GUEST_BUF, 0),
@@ -623,4 +623,103 @@ fn transport_reset_is_posted_after_a_device_reset() {
     g.pump(&mut dev);
     assert!(g.events().is_empty());
     let _ = RX_PAYLOAD;
+}
+
+/// RST from the guest ends a connection in every state, and is never answered.
+#[test]
+fn guest_rst_ends_a_connection_in_every_state() {
+    let dir = TempDir::new("rstall");
+    let mut dev = device(&dir);
+    let mut g = TestGuest::new();
+    let _control = with_control(&mut dev);
+    g.post_rx(8);
+
+    // LocalInit: a host client's REQUEST, reset instead of answered.
+    let mut client = host_client(&mut dev, &dir, 5000);
+    g.pump(&mut dev);
+    let req = g.received();
+    assert_eq!(ops(&req), vec![Op::Request]);
+    let local_port = req[0].0.src_port();
+    g.send(
+        &mut dev,
+        g.hdr(5000, local_port, Op::Rst, GUEST_BUF, 0),
+        &[],
+    );
+    assert!(dev.conns.is_empty());
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        client.read(&mut buf).unwrap(),
+        0,
+        "no OK line: the client is closed"
+    );
+
+    // PeerInit: the route is still pending; a late answer finds nothing.
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Request, GUEST_BUF, 0),
+        &[],
+    );
+    assert!(matches!(
+        dev.conns.iter().next().unwrap().state.state(),
+        crate::vsock::status::State::PeerInit { .. }
+    ));
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rst, GUEST_BUF, 0),
+        &[],
+    );
+    assert!(dev.conns.is_empty());
+    let (ours, _host) = UnixStream::pair().unwrap();
+    let key = ConnKey {
+        host_port: HOST_PORT,
+        guest_port: GUEST_PORT,
+    };
+    dev.apply_route(key, HostRoute::Stream(ours));
+    g.pump(&mut dev);
+    assert!(
+        g.received().is_empty(),
+        "no RESPONSE for a connection the guest reset"
+    );
+    assert!(dev.conns.is_empty());
+
+    // Closing, after the guest shut down both ways while our buffer still held its bytes.
+    let mut host = connected(&mut dev, &mut g, &dir);
+    let fd =
+        std::os::fd::AsRawFd::as_raw_fd(dev.conns.iter().next().unwrap().host.as_ref().unwrap());
+    let small: libc::c_int = 4096;
+    // SAFETY: setsockopt reads one c_int from `small`, which lives across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
+        &[9u8; 60_000],
+    );
+    g.send(&mut dev, shutdown_hdr(&g, shutdown::BOTH), &[]);
+    assert!(dev.conns.iter().next().unwrap().state.is_closing());
+    let _ = g.received();
+    g.send(
+        &mut dev,
+        g.hdr(GUEST_PORT, HOST_PORT, Op::Rst, GUEST_BUF, 0),
+        &[],
+    );
+    assert!(g.received().is_empty());
+    assert!(dev.conns.is_empty());
+    let mut all = Vec::new();
+    host.read_to_end(&mut all).unwrap();
+    assert!(
+        all.len() < 60_000,
+        "an RST drops what the host had not taken"
+    );
 }

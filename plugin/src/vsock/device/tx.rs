@@ -298,9 +298,7 @@ impl VsockDevice {
         let mut conn = Connection::new(
             key,
             hdr.kind(),
-            State::PeerInit {
-                since: Instant::now(),
-            },
+            ConnState::peer_init(Instant::now()),
             None,
             buf_alloc,
         );
@@ -374,7 +372,7 @@ impl VsockDevice {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if !matches!(conn.state, State::LocalInit { .. }) {
+        if !conn.state.is_local_init() {
             crate::log_limited!(Warn, "unexpected RESPONSE for {:?}; reset", conn.key);
             self.reset_conn(slot);
             return;
@@ -405,7 +403,7 @@ impl VsockDevice {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if !conn.is_established() && !matches!(conn.state, State::Closing { .. }) {
+        if !conn.is_established() && !conn.state.is_closing() {
             crate::log_limited!(
                 Warn,
                 "RW before the connection {:?} was established; reset",
@@ -414,7 +412,7 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
-        if conn.guest_shut & shutdown::SEND != 0 || conn.host_hup {
+        if !conn.state.guest_may_send() {
             crate::log_limited!(Info, "data on {:?} after shutdown; reset", conn.key);
             self.reset_conn(slot);
             return;
@@ -469,16 +467,13 @@ impl VsockDevice {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        conn.guest_shut |= flags & shutdown::BOTH;
-        if conn.guest_shut == shutdown::BOTH {
+        if conn.state.guest_shutdown(flags) {
             // The guest is closing: flush what we hold, then RST to complete its close.
             let _ = conn.flush_tx();
             if conn.tx_queue.is_empty() {
                 self.reset_conn(slot);
             } else {
-                conn.state = State::Closing {
-                    since: Instant::now(),
-                };
+                conn.state.start_closing(Instant::now());
             }
         } else {
             conn.propagate_guest_shutdown();
