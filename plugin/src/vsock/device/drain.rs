@@ -8,7 +8,10 @@
 //! peer sees ECONNRESET instead of EOF only when it had sent bytes the plugin had not read, which
 //! the device ensures by not reading host sockets any more once draining starts.
 
-use super::*;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use super::VsockDevice;
 
 impl VsockDevice {
     /// Stops taking host clients: the listener leaves the epoll set, waiting clients are closed

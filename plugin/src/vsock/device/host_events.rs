@@ -1,6 +1,23 @@
 //! Host-side events: hybrid clients and their CONNECT lines, readiness of host sockets, timers.
 
-use super::*;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use vmm_sys_util::epoll::EventSet;
+
+use super::interests::{Source, GEN_MASK};
+use super::{
+    host_connection_limit, PendingClient, VsockDevice, ACCEPT_BATCH, ACCEPT_RETRY, CONTROL_BACKLOG,
+    LOCAL_PORT_END, LOCAL_PORT_FIRST, MAX_PENDING_CLIENTS,
+};
+use crate::config::OkReply;
+use crate::host::connect_line::{ConnectLine, LineState};
+use crate::vsock::connection::Connection;
+use crate::vsock::csm::ConnState;
+use crate::vsock::packet::{kind, Op};
+use crate::vsock::status::{ConnKey, State};
 
 impl VsockDevice {
     // ----- events -----------------------------------------------------------------------------

@@ -29,21 +29,17 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestAddress;
 
 use crate::iotlb::DeviceMemory;
-use vmm_sys_util::epoll::{EpollEvent, EventSet};
+use vmm_sys_util::epoll::EpollEvent;
 
 use super::conn_table::ConnTable;
 use super::connection::Connection;
-use super::csm::ConnState;
-use super::packet::{kind, seq, Endpoints, Op, PacketHeader, HEADER_SIZE, HOST_CID};
-use super::status::{ConnKey, ConnSnapshot, State, Stats};
+use super::packet::{kind, Endpoints, Op, PacketHeader, HOST_CID};
+use super::status::{ConnKey, ConnSnapshot, Stats};
 use crate::config::OkReply;
-use crate::host::connect_line::{ConnectLine, LineState};
+use crate::host::connect_line::ConnectLine;
 use crate::host::route::{ConnectionEvents, ConnectionLimits, HostRoute, RouteRequests};
-use crate::host::sibling::{Delivery, SiblingPort, SiblingRouter};
-use crate::host::unix::{self, Connect};
-use crate::virtio::{EVENT_QUEUE, EVENT_TRANSPORT_RESET, RX_QUEUE, TX_QUEUE};
-use crate::virtqueue::chain::ChainBuffers;
-use crate::virtqueue::guest_io;
+use crate::host::sibling::{SiblingPort, SiblingRouter};
+use crate::host::unix;
 use crate::virtqueue::vring::Vring;
 
 mod drain;
@@ -54,8 +50,7 @@ mod sibling_out;
 mod socket_io;
 mod tx;
 
-use interests::{Interests, Source, GEN_MASK};
-use socket_io::*;
+use interests::Interests;
 
 /// Largest payload of one packet we build (the virtio-vsock maximum, 64 KiB).
 pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;

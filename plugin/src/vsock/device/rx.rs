@@ -1,6 +1,17 @@
 //! The rx and event queues: control packets, sibling packets and host data to the guest.
 
-use super::*;
+use std::io;
+use std::time::Instant;
+
+use super::socket_io::{read_host_message, read_stream};
+use super::{host_ends, Control, Rings, VsockDevice, MAX_PKT_PAYLOAD, MAX_RX_GATHER};
+use crate::iotlb::DeviceMemory;
+use crate::virtio::{EVENT_QUEUE, EVENT_TRANSPORT_RESET, RX_QUEUE};
+use crate::virtqueue::chain::ChainBuffers;
+use crate::virtqueue::vring::Vring;
+use crate::vsock::connection::Connection;
+use crate::vsock::packet::{seq, Op, PacketHeader, HEADER_SIZE};
+use crate::vsock::status::ConnKey;
 
 impl VsockDevice {
     // ----- rx: device → guest ------------------------------------------------------------------

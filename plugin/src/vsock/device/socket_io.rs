@@ -1,7 +1,16 @@
 //! Moving bytes between host sockets and guest buffers: vectored I/O straight from and into
 //! guest memory (no copy), and whole SEQPACKET messages.
 
-use super::*;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use vm_memory::GuestAddress;
+
+use crate::iotlb::DeviceMemory;
+use crate::virtqueue::chain::ChainBuffers;
+use crate::virtqueue::guest_io;
+use crate::vsock::connection::Connection;
+use crate::vsock::packet::{seq, HEADER_SIZE};
 
 /// Guest → host stream data that cannot go to the socket now (data queued ahead, or the socket
 /// is full): copied into the connection's queue, flushed on the next EPOLLOUT.

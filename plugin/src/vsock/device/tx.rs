@@ -1,6 +1,24 @@
 //! The tx queue: packets from the guest, to host connections or sibling VMs.
 
-use super::*;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use vm_memory::GuestAddress;
+
+use super::socket_io::queue_stream;
+use super::{
+    Rings, VsockDevice, CONTROL_BACKLOG, MAX_BATCH_BYTES, MAX_HELD_CHAINS, MAX_PKT_PAYLOAD,
+};
+use crate::host::unix::{self, Connect};
+use crate::iotlb::DeviceMemory;
+use crate::virtio::TX_QUEUE;
+use crate::virtqueue::chain::ChainBuffers;
+use crate::virtqueue::guest_io;
+use crate::vsock::connection::Connection;
+use crate::vsock::csm::ConnState;
+use crate::vsock::packet::{kind, seq, Op, PacketHeader, HEADER_SIZE, HOST_CID};
+use crate::vsock::status::ConnKey;
 
 impl VsockDevice {
     // ----- tx: guest → device ------------------------------------------------------------------
