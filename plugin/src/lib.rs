@@ -4,12 +4,20 @@
 //!
 //! ```text
 //!  VMM (crosvm / QEMU) ──vhost-user──► vhost_user::{listener, wire, session}  features, memory, rings
-//!  guest virtqueues ◄──────────────► virtqueue::{vring, chain}               split rings, descriptor chains
-//!                                    vsock::{packet, connection, credit, device}  the vsock protocol
+//!  guest virtqueues ◄──────────────► virtqueue::{vring, chain, guest_io}     split rings, chains, guest-memory I/O
+//!                                    vsock::{packet, csm, connection, credit}  the vsock protocol
+//!                                    vsock::device                            the device: a muxer over connections
 //!  host Unix sockets / sibling VMs ◄► host::{unix, connect_line, sibling}     hybrid vsock, VM-to-VM
 //!                                    worker                                   one event loop per VM
 //!                                    config                                   one serde struct per VM
 //! ```
+//!
+//! Dependencies point one way: the worker drives the device (and watches only its epoll fd, see
+//! `vsock::device::interests`); the device drives connections through their state machine
+//! (`vsock::csm`). Types others need from the device live in leaf modules that import nothing
+//! from the plugin (`vsock::status`, `virtio`, `vsock::packet`), so `control`, `host::route` and
+//! the worker do not depend on the device through them. `plugin/tests/import_cycles.rs` fails on
+//! any import circle.
 //!
 //! [`Plugin::start`] runs one [`worker::VmWorker`] thread per configured VM.
 
@@ -158,8 +166,7 @@ impl Plugin {
             created.push((cfg.uds_path.clone(), inode_of(&cfg.uds_path)));
             let wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io("eventfd"))?);
             let sibling = router.register(cid, cfg.groups.clone(), wake.clone());
-            let device = VsockDevice::new(device_config(cfg), hybrid, router.clone(), sibling)
-                .map_err(io("device epoll"))?;
+            let device = VsockDevice::new(device_config(cfg), hybrid, router.clone(), sibling);
             let session = SessionConfig {
                 guest_cid: cid,
                 max_queue_size: cfg.queue_size,

@@ -1,6 +1,6 @@
 //! One VM's event loop: a single thread owning the frontend session, the device and every host
 //! socket of that VM, so the data path needs no locks. It waits on one epoll set; events are
-//! identified by [`token::Token`].
+//! identified by `token::Token`.
 //!
 //! The loop never blocks on a peer: host sockets are non-blocking; a vhost-user message is
 //! assembled as its bytes arrive and must be whole within a deadline from its first byte; who holds
@@ -19,16 +19,16 @@ use crate::vhost_user::listener::FrontendListener;
 use crate::vhost_user::session::{FrontendSession, SessionConfig};
 use crate::vhost_user::slot;
 use crate::virtio::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET};
+use crate::vsock::device::interests::{is_device_token, EventRegistry};
 use crate::vsock::device::{Rings, VsockDevice};
 use vsock_plugin_ipc::proto::control::DeviceState;
 
-/// Epoll tokens of the worker's set: small constants, one per fd. Everything host-side of the
-/// device (hybrid listener, waiting clients, host sockets) is behind one fd, the device's own
-/// epoll set ([`VsockDevice::event_fd`]), with tokens the device keeps to itself.
+/// Epoll tokens of the worker's own fds: small constants. The device registers its fds (hybrid
+/// listener, waiting clients, host sockets) in the same set through [`EpollRegistry`], with
+/// tokens only it decodes (all at or above 2^62, see `vsock::device::interests`).
 mod token {
     const FRONTEND_LISTENER: u64 = 1;
     const FRONTEND: u64 = 2;
-    const DEVICE: u64 = 3;
     const WAKE: u64 = 4;
     const BACKEND_CHANNEL: u64 = 5;
     const KICK_BASE: u64 = 16;
@@ -37,8 +37,6 @@ mod token {
     pub(super) enum Token {
         FrontendListener,
         Frontend,
-        /// The device's epoll set has events.
-        Device,
         Wake,
         BackendChannel,
         Kick(usize),
@@ -49,7 +47,6 @@ mod token {
             match self {
                 Token::FrontendListener => FRONTEND_LISTENER,
                 Token::Frontend => FRONTEND,
-                Token::Device => DEVICE,
                 Token::Wake => WAKE,
                 Token::BackendChannel => BACKEND_CHANNEL,
                 Token::Kick(q) => KICK_BASE + q as u64,
@@ -60,7 +57,6 @@ mod token {
             Some(match v {
                 FRONTEND_LISTENER => Token::FrontendListener,
                 FRONTEND => Token::Frontend,
-                DEVICE => Token::Device,
                 WAKE => Token::Wake,
                 BACKEND_CHANNEL => Token::BackendChannel,
                 k if (KICK_BASE..KICK_BASE + 8).contains(&k) => {
@@ -82,6 +78,15 @@ pub struct Shutdown {
     pub drain: AtomicBool,
 }
 
+/// The device's fds go into the worker's epoll set (one `epoll_wait` per round for everything).
+struct EpollRegistry(Arc<Epoll>);
+
+impl EventRegistry for EpollRegistry {
+    fn ctl(&self, op: ControlOperation, fd: RawFd, event: EpollEvent) -> std::io::Result<()> {
+        self.0.ctl(op, fd, event)
+    }
+}
+
 /// How often a draining worker retries writing buffered bytes to host sockets.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// How often timeouts are checked while any are pending.
@@ -96,7 +101,8 @@ fn wait_ms(left: Duration) -> i32 {
 
 pub struct VmWorker {
     name: String,
-    epoll: Epoll,
+    /// Shared with the device's registrations ([`EpollRegistry`]).
+    epoll: Arc<Epoll>,
     listener: FrontendListener,
     session: Option<FrontendSession>,
     session_config: SessionConfig,
@@ -120,7 +126,7 @@ impl VmWorker {
         wake: Arc<EventFd>,
         stop: Arc<Shutdown>,
     ) -> std::io::Result<VmWorker> {
-        let epoll = Epoll::new()?;
+        let epoll = Arc::new(Epoll::new()?);
         let add = |fd: RawFd, t: Token| {
             epoll.ctl(
                 ControlOperation::Add,
@@ -129,10 +135,11 @@ impl VmWorker {
             )
         };
         add(wake.as_raw_fd(), Token::Wake)?;
-        add(device.event_fd(), Token::Device)?;
         if let Some(fd) = listener.listen_fd() {
             add(fd, Token::FrontendListener)?;
         }
+        let mut device = device;
+        device.attach_events(Box::new(EpollRegistry(epoll.clone())))?;
         let listener_watched = listener.listen_fd().is_some();
         let mut w = VmWorker {
             name,
@@ -234,7 +241,10 @@ impl VmWorker {
                 }
             };
             for ev in &events[..n] {
-                if let Some(t) = Token::decode(ev.data()) {
+                if is_device_token(ev.data()) {
+                    let running = self.running();
+                    self.device.handle_event(ev.data(), ev.event_set(), running);
+                } else if let Some(t) = Token::decode(ev.data()) {
                     self.handle(t);
                 }
             }
@@ -306,10 +316,6 @@ impl VmWorker {
                 {
                     let _ = fd.read();
                 }
-            }
-            Token::Device => {
-                let running = self.running();
-                self.device.process_host_events(running);
             }
         }
     }

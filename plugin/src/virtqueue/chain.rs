@@ -63,6 +63,19 @@ impl Segments {
         len: usize,
         out: &mut Vec<(GuestAddress, usize)>,
     ) -> Result<(), ChainError> {
+        self.for_each_range(offset, len, |addr, n| {
+            out.push((addr, n));
+            Ok(())
+        })
+    }
+
+    /// Calls `f` with each guest range covering `[offset, offset + len)`, in order.
+    fn for_each_range(
+        &self,
+        offset: usize,
+        len: usize,
+        mut f: impl FnMut(GuestAddress, usize) -> Result<(), ChainError>,
+    ) -> Result<(), ChainError> {
         let end = offset.checked_add(len).filter(|&e| e <= self.total).ok_or(
             ChainError::OutOfBounds {
                 offset,
@@ -76,7 +89,7 @@ impl Segments {
             if seg_end > offset && pos < end {
                 let from = offset.max(pos) - pos;
                 let to = end.min(seg_end) - pos;
-                out.push((GuestAddress(addr.0 + from as u64), to - from));
+                f(GuestAddress(addr.0 + from as u64), to - from)?;
             }
             pos = seg_end;
             if pos >= end {
@@ -93,15 +106,13 @@ impl Segments {
         offset: usize,
         buf: &mut [u8],
     ) -> Result<(), ChainError> {
-        let mut ranges = Vec::new();
-        self.ranges(offset, buf.len(), &mut ranges)?;
         let mut done = 0;
-        for (addr, len) in ranges {
+        self.for_each_range(offset, buf.len(), |addr, len| {
             mem.read_slice(&mut buf[done..done + len], addr)
                 .map_err(|e| ChainError::Memory(e.to_string()))?;
             done += len;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Copies `buf` into the guest starting at `offset` (volatile writes).
@@ -111,15 +122,13 @@ impl Segments {
         offset: usize,
         buf: &[u8],
     ) -> Result<(), ChainError> {
-        let mut ranges = Vec::new();
-        self.ranges(offset, buf.len(), &mut ranges)?;
         let mut done = 0;
-        for (addr, len) in ranges {
+        self.for_each_range(offset, buf.len(), |addr, len| {
             mem.write_slice(&buf[done..done + len], addr)
                 .map_err(|e| ChainError::Memory(e.to_string()))?;
             done += len;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

@@ -22,18 +22,13 @@ use crate::vsock::status::{ConnKey, State};
 impl VsockDevice {
     // ----- events -----------------------------------------------------------------------------
 
-    /// Handles what the device's epoll set has ready (the worker calls this when
-    /// [`Self::event_fd`] is readable). `running`: the guest's rx queue is live, so host
+    /// An event for one of the device's registrations (`token` is a device token, see
+    /// [`super::interests::is_device_token`]). `running`: the guest's rx queue is live, so host
     /// clients may connect.
-    pub fn process_host_events(&mut self, running: bool) {
-        let mut ready = std::mem::take(&mut self.ready);
-        let n = self.interests.ready(&mut ready);
-        for ev in &ready[..n] {
-            if let Some(source) = Source::decode(ev.data()) {
-                self.dispatch(source, ev.event_set(), running);
-            }
+    pub fn handle_event(&mut self, token: u64, events: EventSet, running: bool) {
+        if let Some(source) = Source::decode(token) {
+            self.dispatch(source, events, running);
         }
-        self.ready = ready;
     }
 
     /// One event. An event whose generation is not its slot's current one belongs to an

@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestAddress;
 
 use crate::iotlb::DeviceMemory;
-use vmm_sys_util::epoll::EpollEvent;
 
 use super::conn_table::ConnTable;
 use super::connection::Connection;
@@ -44,13 +43,13 @@ use crate::virtqueue::vring::Vring;
 
 mod drain;
 mod host_events;
-mod interests;
+pub mod interests;
 mod rx;
 mod sibling_out;
 mod socket_io;
 mod tx;
 
-use interests::Interests;
+use interests::{EventRegistry, Interests};
 
 /// Largest payload of one packet we build (the virtio-vsock maximum, 64 KiB).
 pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;
@@ -121,10 +120,8 @@ pub struct VsockDevice {
     /// Generation of the next waiting client (see `interests`).
     next_client_generation: u32,
     hybrid: std::os::unix::net::UnixListener,
-    /// The device's own epoll set: hybrid listener, waiting clients, host sockets.
+    /// Which fds the device watches, through the worker's registry (see `interests`).
     interests: Interests,
-    /// Events taken from `interests` by one [`Self::process_host_events`].
-    ready: Vec<EpollEvent>,
     /// Set while the hybrid listener is out of the epoll set after a failed accept.
     accept_paused_until: Option<Instant>,
     next_local_port: u32,
@@ -153,25 +150,22 @@ pub struct VsockDevice {
 }
 
 impl VsockDevice {
-    /// A device serving `hybrid` (already listening). Fails only when its epoll set cannot be
-    /// created.
+    /// A device serving `hybrid` (already listening); it watches nothing until
+    /// [`Self::attach_events`].
     pub fn new(
         cfg: DeviceConfig,
         hybrid: std::os::unix::net::UnixListener,
         router: Arc<SiblingRouter>,
         sibling: Arc<SiblingPort>,
-    ) -> io::Result<VsockDevice> {
-        let interests = Interests::new()?;
-        interests.watch_listener(hybrid.as_raw_fd())?;
-        Ok(VsockDevice {
+    ) -> VsockDevice {
+        VsockDevice {
             cfg,
             conns: ConnTable::default(),
             control: VecDeque::new(),
             clients: Vec::new(),
             next_client_generation: 0,
             hybrid,
-            interests,
-            ready: vec![EpollEvent::default(); 256],
+            interests: Interests::default(),
             accept_paused_until: None,
             next_local_port: LOCAL_PORT_FIRST,
             host_initiated_open: 0,
@@ -190,13 +184,14 @@ impl VsockDevice {
             host_router: None,
             events: None,
             limits: None,
-        })
+        }
     }
 
-    /// The fd of the device's epoll set: readable when a host socket, a waiting client or the
-    /// hybrid listener has an event for [`Self::process_host_events`].
-    pub fn event_fd(&self) -> std::os::fd::RawFd {
-        self.interests.fd()
+    /// Where the device registers its fds (the worker's epoll set); starts watching the hybrid
+    /// listener. Events whose token [`interests::is_device_token`] go to [`Self::handle_event`].
+    pub fn attach_events(&mut self, registry: Box<dyn EventRegistry>) -> io::Result<()> {
+        self.interests.attach(registry);
+        self.interests.watch_listener(self.hybrid.as_raw_fd())
     }
 
     /// Attaches a control plane: routing of guest connections and connection events.

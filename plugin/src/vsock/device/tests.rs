@@ -1,5 +1,6 @@
 //! Unit tests of the device without a frontend process: host sockets are real Unix sockets in a
-//! temporary directory, events are taken from the device's own epoll set.
+//! temporary directory; the device registers them in a test epoll set, whose events the tests
+//! hand to the device as the worker does.
 
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -7,10 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::interests::Source;
+use super::interests::{EventRegistry, Source};
 use super::{DeviceConfig, VsockDevice};
 use crate::config::OkReply;
 use crate::host::sibling::SiblingRouter;
@@ -50,6 +51,32 @@ pub(super) fn config(dir: &TempDir) -> DeviceConfig {
     }
 }
 
+/// The worker's part: an epoll set the device registers its fds in.
+struct TestEpoll(Arc<Epoll>);
+
+impl EventRegistry for TestEpoll {
+    fn ctl(&self, op: ControlOperation, fd: i32, event: EpollEvent) -> std::io::Result<()> {
+        self.0.ctl(op, fd, event)
+    }
+}
+
+thread_local! {
+    /// The epoll set of this test's device (each test runs on its own thread).
+    static EPOLL: std::cell::RefCell<Option<Arc<Epoll>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Hands the ready events of this test's epoll set to the device, as the worker does.
+pub(super) fn handle_ready(dev: &mut VsockDevice, running: bool) {
+    let Some(epoll) = EPOLL.with(|e| e.borrow().clone()) else {
+        return;
+    };
+    let mut events = vec![EpollEvent::default(); 64];
+    let n = epoll.wait(0, &mut events).unwrap();
+    for ev in &events[..n] {
+        dev.handle_event(ev.data(), ev.event_set(), running);
+    }
+}
+
 /// A device for guest CID 3 with its hybrid listener at `<dir>/v`.
 pub(super) fn device(dir: &TempDir) -> VsockDevice {
     let cfg = config(dir);
@@ -58,7 +85,11 @@ pub(super) fn device(dir: &TempDir) -> VsockDevice {
     let router = Arc::new(SiblingRouter::default());
     let wake = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
     let sibling = router.register(cfg.guest_cid, Vec::new(), wake);
-    let mut dev = VsockDevice::new(cfg, hybrid, router, sibling).unwrap();
+    let mut dev = VsockDevice::new(cfg, hybrid, router, sibling);
+    let epoll = Arc::new(Epoll::new().unwrap());
+    dev.attach_events(Box::new(TestEpoll(epoll.clone())))
+        .unwrap();
+    EPOLL.with(|e| *e.borrow_mut() = Some(epoll));
     dev.set_running(true);
     dev
 }
@@ -66,7 +97,7 @@ pub(super) fn device(dir: &TempDir) -> VsockDevice {
 /// Handles host events until `done` holds (bounded).
 pub(super) fn poll_until(dev: &mut VsockDevice, mut done: impl FnMut(&VsockDevice) -> bool) {
     for _ in 0..200 {
-        dev.process_host_events(true);
+        handle_ready(dev, true);
         if done(dev) {
             return;
         }

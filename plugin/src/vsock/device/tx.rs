@@ -27,7 +27,7 @@ impl VsockDevice {
     ///
     /// Used-ring entries of a pass are returned at its end: until then the guest does not reuse
     /// those buffers, which lets consecutive RW packets of one connection go to the host socket
-    /// in a single `sendmsg` straight from guest memory (see [`TxBatch`]).
+    /// in a single `sendmsg` straight from guest memory (see `TxBatch`).
     pub fn process_tx(&mut self, rings: &mut Rings) {
         self.drain_parked();
         let mem = rings.mem;
