@@ -57,6 +57,20 @@ fn iovecs<M: GuestMemory>(
     Ok(iov)
 }
 
+/// Runs a system call until it is not interrupted; a negative result is the errno.
+fn retrying(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Sends the guest bytes of `ranges` on socket `fd` with one `sendmsg(MSG_NOSIGNAL)` (a closed
 /// peer is EPIPE, never SIGPIPE). Returns the bytes the socket took.
 pub fn send_from_guest<M: GuestMemory>(
@@ -70,19 +84,10 @@ pub fn send_from_guest<M: GuestMemory>(
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_ptr().cast_mut();
     msg.msg_iovlen = iov.len().min(IOV_MAX) as _;
-    let sent = loop {
-        // SAFETY: `msg` points at `iov`, alive here; each iovec covers guest memory that
-        // get_slices found mapped and readable, kept mapped by `guards` (alive until the end of
-        // this function) and by `mem` (borrowed for the call). sendmsg only reads it.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            break Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            break Err(e);
-        }
-    };
+    // SAFETY: `msg` points at `iov`, alive here; each iovec covers guest memory that
+    // get_slices found mapped and readable, kept mapped by `guards` (alive until the end of
+    // this function) and by `mem` (borrowed for the call). sendmsg only reads it.
+    let sent = retrying(|| unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) });
     drop(guards);
     sent
 }
@@ -95,20 +100,11 @@ pub fn recv_into_guest<M: GuestMemory>(
 ) -> io::Result<usize> {
     let mut guards = Vec::new();
     let iov = iovecs(mem, ranges, Permissions::Write, &mut guards)?;
-    let got = loop {
-        // SAFETY: each iovec covers guest memory that get_slices found mapped and writable,
-        // kept mapped by `guards` (alive until the end of this function) and `mem`; readv writes
-        // at most iov_len bytes into each. The guest may access that memory concurrently, which
-        // is fine for the kernel's copy (no Rust reference to it exists).
-        let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len().min(IOV_MAX) as i32) };
-        if n >= 0 {
-            break Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            break Err(e);
-        }
-    };
+    // SAFETY: each iovec covers guest memory that get_slices found mapped and writable, kept
+    // mapped by `guards` (alive until the end of this function) and `mem`; readv writes at most
+    // iov_len bytes into each. The guest may access that memory concurrently, which is fine for
+    // the kernel's copy (no Rust reference to it exists).
+    let got = retrying(|| unsafe { libc::readv(fd, iov.as_ptr(), iov.len().min(IOV_MAX) as i32) });
     drop(guards);
     got
 }

@@ -222,6 +222,19 @@ fn listen(dir: &TempDir, port: u32) -> UnixListener {
     UnixListener::bind(dir.0.join(format!("v_{port}"))).unwrap()
 }
 
+/// A device, its scratch directory and a test guest.
+fn fixture(tag: &str) -> (TempDir, VsockDevice, TestGuest) {
+    let dir = TempDir::new(tag);
+    let dev = device(&dir);
+    (dir, dev, TestGuest::new())
+}
+
+/// The guest sends a header-only packet on the test connection (GUEST_PORT → HOST_PORT).
+fn send_op(g: &mut TestGuest, dev: &mut VsockDevice, op: Op) {
+    let h = g.hdr(GUEST_PORT, HOST_PORT, op, GUEST_BUF, 0);
+    g.send(dev, h, &[]);
+}
+
 fn ops(packets: &[(PacketHeader, Vec<u8>)]) -> Vec<Op> {
     packets.iter().map(|(h, _)| h.op().unwrap()).collect()
 }
@@ -316,26 +329,18 @@ fn connected(dev: &mut VsockDevice, g: &mut TestGuest, dir: &TempDir) -> UnixStr
 
 #[test]
 fn guest_request_to_a_socket_of_the_plugin_process_itself_is_refused() {
-    let dir = TempDir::new("ownproc");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("ownproc");
     let listener = listen(&dir, HOST_PORT);
     listener.set_nonblocking(true).unwrap();
     g.post_rx(1);
-    g.send(
-        &mut dev,
-        g.hdr(GUEST_PORT, HOST_PORT, Op::Request, GUEST_BUF, 0),
-        &[],
-    );
+    send_op(&mut g, &mut dev, Op::Request);
     assert_eq!(ops(&g.received()), vec![Op::Rst]);
     assert!(dev.conns.is_empty());
 }
 
 #[test]
 fn guest_request_to_a_listening_host_socket_gets_a_response() {
-    let dir = TempDir::new("request");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("request");
     let _host = connected(&mut dev, &mut g, &dir);
     assert_eq!(dev.stats.connections_opened, 1);
     assert!(dev.conns.iter().all(|c| c.is_established()));
@@ -343,9 +348,7 @@ fn guest_request_to_a_listening_host_socket_gets_a_response() {
 
 #[test]
 fn guest_request_without_a_listener_gets_rst() {
-    let dir = TempDir::new("norequest");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (_dir, mut dev, mut g) = fixture("norequest");
     g.post_rx(1);
     g.send(
         &mut dev,
@@ -358,9 +361,7 @@ fn guest_request_without_a_listener_gets_rst() {
 
 #[test]
 fn data_goes_both_ways_and_credit_is_accounted() {
-    let dir = TempDir::new("data");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("data");
     let mut host = connected(&mut dev, &mut g, &dir);
 
     // guest → host
@@ -388,9 +389,7 @@ fn data_goes_both_ways_and_credit_is_accounted() {
 
 #[test]
 fn host_data_stops_at_the_guest_credit_and_resumes_on_credit_update() {
-    let dir = TempDir::new("credit");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("credit");
     let mut host = connected(&mut dev, &mut g, &dir);
     // The guest shrinks its buffer to 8 bytes.
     g.send(
@@ -422,9 +421,7 @@ fn host_data_stops_at_the_guest_credit_and_resumes_on_credit_update() {
 
 #[test]
 fn credit_request_is_answered_with_the_bytes_forwarded() {
-    let dir = TempDir::new("creditreq");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("creditreq");
     let mut host = connected(&mut dev, &mut g, &dir);
     g.send(
         &mut dev,
@@ -433,11 +430,7 @@ fn credit_request_is_answered_with_the_bytes_forwarded() {
     );
     let mut sink = [0u8; 100];
     host.read_exact(&mut sink).unwrap();
-    g.send(
-        &mut dev,
-        g.hdr(GUEST_PORT, HOST_PORT, Op::CreditRequest, GUEST_BUF, 0),
-        &[],
-    );
+    send_op(&mut g, &mut dev, Op::CreditRequest);
     let got = g.received();
     assert_eq!(ops(&got), vec![Op::CreditUpdate]);
     assert_eq!(got[0].0.fwd_cnt(), 100);
@@ -446,25 +439,10 @@ fn credit_request_is_answered_with_the_bytes_forwarded() {
 
 #[test]
 fn guest_overrunning_its_credit_is_reset_on_both_sides() {
-    let dir = TempDir::new("overrun");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("overrun");
     let mut host = connected(&mut dev, &mut g, &dir);
     // The host reads nothing and its socket is small: most of 64 KiB stays in our buffer.
-    let fd =
-        std::os::fd::AsRawFd::as_raw_fd(dev.conns.iter().next().unwrap().host.as_ref().unwrap());
-    let small: libc::c_int = 4096;
-    // SAFETY: setsockopt reads one c_int from `small`, which lives across the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&small as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    shrink_host_send_buffer(&dev);
     let buf_alloc = config(&dir).buf_alloc;
     g.send(
         &mut dev,
@@ -498,16 +476,10 @@ fn guest_overrunning_its_credit_is_reset_on_both_sides() {
 
 #[test]
 fn guest_rst_closes_the_host_socket_without_an_answer() {
-    let dir = TempDir::new("rst");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("rst");
     let mut host = connected(&mut dev, &mut g, &dir);
     let control = with_control(&mut dev);
-    g.send(
-        &mut dev,
-        g.hdr(GUEST_PORT, HOST_PORT, Op::Rst, GUEST_BUF, 0),
-        &[],
-    );
+    send_op(&mut g, &mut dev, Op::Rst);
     assert_eq!(
         control.take(),
         vec![format!("closed {HOST_PORT}: reset by the guest")]
@@ -522,6 +494,25 @@ fn guest_rst_closes_the_host_socket_without_an_answer() {
     );
 }
 
+/// Makes the (only) connection's host socket small, so that most guest bytes stay in our buffer
+/// while the host reads nothing.
+fn shrink_host_send_buffer(dev: &VsockDevice) {
+    let conn = dev.conns.iter().next().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(conn.host.as_ref().unwrap());
+    let small: libc::c_int = 4096;
+    // SAFETY: setsockopt reads one c_int from `small`, which lives across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
 fn shutdown_hdr(g: &TestGuest, flags: u32) -> PacketHeader {
     let mut h = g.hdr(GUEST_PORT, HOST_PORT, Op::Shutdown, GUEST_BUF, 0);
     h.set_flags(flags);
@@ -530,9 +521,7 @@ fn shutdown_hdr(g: &TestGuest, flags: u32) -> PacketHeader {
 
 #[test]
 fn guest_half_close_reaches_the_host_which_may_still_write() {
-    let dir = TempDir::new("guesthalf");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("guesthalf");
     let mut host = connected(&mut dev, &mut g, &dir);
     g.send(
         &mut dev,
@@ -561,9 +550,7 @@ fn guest_half_close_reaches_the_host_which_may_still_write() {
 
 #[test]
 fn host_half_close_reaches_the_guest_which_may_still_send_then_closes_with_rst() {
-    let dir = TempDir::new("hosthalf");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("hosthalf");
     let mut host = connected(&mut dev, &mut g, &dir);
     host.write_all(b"bye").unwrap();
     host.shutdown(std::net::Shutdown::Write).unwrap();
@@ -593,9 +580,7 @@ fn host_half_close_reaches_the_guest_which_may_still_send_then_closes_with_rst()
 
 #[test]
 fn host_close_becomes_shutdown_both_and_the_guest_rst_ends_it() {
-    let dir = TempDir::new("hostclose");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("hostclose");
     let host = connected(&mut dev, &mut g, &dir);
     drop(host);
     poll_until(&mut dev, |d| d.conns.iter().any(|c| c.host_readable));
@@ -605,19 +590,13 @@ fn host_close_becomes_shutdown_both_and_the_guest_rst_ends_it() {
     assert_eq!(ops(&got), vec![Op::Shutdown]);
     assert_eq!(got[0].0.flags(), shutdown::BOTH);
     assert!(dev.conns.iter().next().unwrap().state.is_closing());
-    g.send(
-        &mut dev,
-        g.hdr(GUEST_PORT, HOST_PORT, Op::Rst, GUEST_BUF, 0),
-        &[],
-    );
+    send_op(&mut g, &mut dev, Op::Rst);
     assert!(dev.conns.is_empty() && g.received().is_empty());
 }
 
 #[test]
 fn host_initiated_connection_gets_ok_after_the_guest_response() {
-    let dir = TempDir::new("hostinit");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("hostinit");
     let mut client = host_client(&mut dev, &dir, 5000);
     g.post_rx(2);
     g.pump(&mut dev);
@@ -639,9 +618,7 @@ fn host_initiated_connection_gets_ok_after_the_guest_response() {
 
 #[test]
 fn transport_reset_is_posted_after_a_device_reset() {
-    let dir = TempDir::new("reset");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("reset");
     let mut host = connected(&mut dev, &mut g, &dir);
     dev.reset();
     let mut buf = [0u8; 1];
@@ -659,9 +636,7 @@ fn transport_reset_is_posted_after_a_device_reset() {
 /// RST from the guest ends a connection in every state, and is never answered.
 #[test]
 fn guest_rst_ends_a_connection_in_every_state() {
-    let dir = TempDir::new("rstall");
-    let mut dev = device(&dir);
-    let mut g = TestGuest::new();
+    let (dir, mut dev, mut g) = fixture("rstall");
     let _control = with_control(&mut dev);
     g.post_rx(8);
 
@@ -688,20 +663,12 @@ fn guest_rst_ends_a_connection_in_every_state() {
     );
 
     // PeerInit: the route is still pending; a late answer finds nothing.
-    g.send(
-        &mut dev,
-        g.hdr(GUEST_PORT, HOST_PORT, Op::Request, GUEST_BUF, 0),
-        &[],
-    );
+    send_op(&mut g, &mut dev, Op::Request);
     assert!(matches!(
         dev.conns.iter().next().unwrap().state.state(),
         crate::vsock::status::State::PeerInit { .. }
     ));
-    g.send(
-        &mut dev,
-        g.hdr(GUEST_PORT, HOST_PORT, Op::Rst, GUEST_BUF, 0),
-        &[],
-    );
+    send_op(&mut g, &mut dev, Op::Rst);
     assert!(dev.conns.is_empty());
     let (ours, _host) = UnixStream::pair().unwrap();
     let key = ConnKey {
@@ -718,20 +685,7 @@ fn guest_rst_ends_a_connection_in_every_state() {
 
     // Closing, after the guest shut down both ways while our buffer still held its bytes.
     let mut host = connected(&mut dev, &mut g, &dir);
-    let fd =
-        std::os::fd::AsRawFd::as_raw_fd(dev.conns.iter().next().unwrap().host.as_ref().unwrap());
-    let small: libc::c_int = 4096;
-    // SAFETY: setsockopt reads one c_int from `small`, which lives across the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&small as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    shrink_host_send_buffer(&dev);
     g.send(
         &mut dev,
         g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
@@ -740,11 +694,7 @@ fn guest_rst_ends_a_connection_in_every_state() {
     g.send(&mut dev, shutdown_hdr(&g, shutdown::BOTH), &[]);
     assert!(dev.conns.iter().next().unwrap().state.is_closing());
     let _ = g.received();
-    g.send(
-        &mut dev,
-        g.hdr(GUEST_PORT, HOST_PORT, Op::Rst, GUEST_BUF, 0),
-        &[],
-    );
+    send_op(&mut g, &mut dev, Op::Rst);
     assert!(g.received().is_empty());
     assert!(dev.conns.is_empty());
     let mut all = Vec::new();
