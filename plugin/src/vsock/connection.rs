@@ -1,4 +1,5 @@
-//! One guest ↔ host connection: its state machine, credit, and the host socket it maps to.
+//! One guest ↔ host connection: the host socket it maps to, its buffers and credit, and its
+//! protocol state (the state machine itself, with its transitions, is [`super::csm`]).
 //!
 //! # Protocol primer
 //!
