@@ -122,36 +122,25 @@ fn named_paths(src: &Path, code: &str, here: &[String], is_dir_module: bool) -> 
             }
             break;
         }
-        let mut base: Vec<String> = match segs[0].as_str() {
-            "crate" => Vec::new(),
-            "self" | "super" => {
-                // `self` is this module; each `super` goes one up. (Inside an inline
-                // `mod tests`, `super` is the file's module: counted one level too high, which
-                // only ever adds an edge to the enclosing directory module.)
-                let mut m = here.to_vec();
+        // Where the path starts, and how many of its segments that start consumed.
+        let (mut base, consumed): (Vec<String>, usize) = match segs[0].as_str() {
+            "crate" => (Vec::new(), 1),
+            // `self` is this module; each `super` goes one up. (Inside an inline `mod tests`,
+            // `super` is the file's module: counted one level too high, which only ever adds an
+            // edge to the enclosing directory module, and those edges do not count.)
+            "self" => (here.to_vec(), 1),
+            "super" => {
                 let ups = segs.iter().take_while(|s| *s == "super").count();
-                m.truncate(m.len().saturating_sub(ups));
-                m.extend(
-                    segs[ups.max(usize::from(segs[0] == "self"))..]
-                        .iter()
-                        .cloned(),
-                );
-                found.push(m);
-                i = j;
-                continue;
+                (here[..here.len().saturating_sub(ups)].to_vec(), ups)
             }
             // A relative path through a child module (`use table::VhostIommu` in a `mod.rs`).
-            child if segs.len() > 1 && is_dir_module && is_child(here, child) => {
-                let mut m = here.to_vec();
-                m.push(child.to_string());
-                m
-            }
+            child if segs.len() > 1 && is_dir_module && is_child(here, child) => (here.to_vec(), 0),
             _ => {
                 i = j;
                 continue;
             }
         };
-        base.extend(segs[1..].iter().cloned());
+        base.extend(segs[consumed..].iter().cloned());
         if chars.get(j) == Some(&'{') {
             // `crate::a::{b, c::d}`: every member, one level deep is enough for units.
             let end = chars[j..]
@@ -298,6 +287,7 @@ fn the_checker_finds_a_circle_and_ignores_comments() {
     std::fs::write(dir.join("a/mod.rs"), "mod x;\n").unwrap();
     std::fs::write(dir.join("a/x.rs"), "use crate::b::Thing;\nuse super::y;\n").unwrap();
     std::fs::write(dir.join("a/y.rs"), "// crate::b::Thing in prose\n").unwrap();
+    std::fs::write(dir.join("a/z.rs"), "use super::{x::f, y};\n").unwrap();
     std::fs::write(dir.join("b.rs"), "fn f() { crate::a::{x::g, y::h}(); }\n").unwrap();
     std::fs::write(
         dir.join("c.rs"),
