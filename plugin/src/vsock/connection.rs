@@ -169,12 +169,8 @@ pub struct Connection {
     pub host_writable: bool,
     /// Host-initiated: the guest port requested, for the `OK` line.
     pub ok_line: Option<Vec<u8>>,
-    /// A CREDIT_REQUEST was sent and not yet answered.
-    pub credit_requested: bool,
     /// The connection is in the device's rx ready queue.
     pub rx_queued: bool,
-    /// Guest-initiated, waiting for the control plane to say where it goes.
-    pub route_pending: bool,
     /// Opened by a host client (CONNECT line) rather than by the guest.
     pub host_initiated: bool,
     /// The host end came from a registered host service.
@@ -205,9 +201,7 @@ impl Connection {
             host_readable: false,
             host_writable: true,
             ok_line: None,
-            credit_requested: false,
             rx_queued: false,
-            route_pending: false,
             host_initiated: false,
             via_service: false,
             bytes_from_guest: 0,

@@ -28,6 +28,8 @@ pub struct Credit {
     pub rx_cnt: u32,
     pub peer_buf_alloc: u32,
     pub peer_fwd_cnt: u32,
+    /// A CREDIT_REQUEST was sent and the guest has given no credit since.
+    requested: bool,
 }
 
 impl Credit {
@@ -40,6 +42,7 @@ impl Credit {
             rx_cnt: 0,
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
+            requested: false,
         }
     }
 
@@ -47,6 +50,15 @@ impl Credit {
     pub fn update_from_peer(&mut self, buf_alloc: u32, fwd_cnt: u32) {
         self.peer_buf_alloc = buf_alloc;
         self.peer_fwd_cnt = fwd_cnt;
+        if self.peer_free() > 0 {
+            self.requested = false;
+        }
+    }
+
+    /// We are out of credit with data waiting: whether to send CREDIT_REQUEST now. True once,
+    /// then not again until the guest's packets give credit.
+    pub fn should_request(&mut self) -> bool {
+        !std::mem::replace(&mut self.requested, true)
     }
 
     /// Bytes we may still send to the guest.
@@ -161,5 +173,22 @@ mod tests {
         assert!(c.accept_from_peer(500));
         c.fwd_cnt = 1100;
         assert!(!c.update_worthwhile());
+    }
+
+    #[test]
+    fn credit_is_requested_once_until_the_guest_gives_some() {
+        let mut c = Credit::new(4096);
+        c.update_from_peer(100, 0);
+        c.rx_cnt = 100;
+        assert_eq!(c.peer_free(), 0);
+        assert!(c.should_request());
+        assert!(!c.should_request(), "asked already");
+        // A packet that gives no credit does not re-arm the request.
+        c.update_from_peer(100, 0);
+        assert!(!c.should_request());
+        // One that does, does.
+        c.update_from_peer(100, 50);
+        c.rx_cnt = 150;
+        assert!(c.should_request());
     }
 }

@@ -55,6 +55,8 @@ pub struct ConnState {
     host_rdhup: bool,
     /// `shutdown(SHUT_WR)` was applied to the host socket (the guest's SHUTDOWN(SEND) passed on).
     host_write_shut: bool,
+    /// Guest-initiated, waiting for the control plane to say where it goes.
+    awaiting_route: bool,
 }
 
 impl ConnState {
@@ -67,6 +69,7 @@ impl ConnState {
             host_hup: false,
             host_rdhup: false,
             host_write_shut: false,
+            awaiting_route: false,
         }
     }
 
@@ -75,9 +78,23 @@ impl ConnState {
         Self::new(State::LocalInit { since: now })
     }
 
-    /// The guest sent REQUEST: connecting to the host end.
-    pub fn peer_init(now: Instant) -> ConnState {
-        Self::new(State::PeerInit { since: now })
+    /// The guest sent REQUEST: connecting to the host end, after the control plane's route
+    /// when `awaiting_route`.
+    pub fn peer_init(now: Instant, awaiting_route: bool) -> ConnState {
+        let mut s = Self::new(State::PeerInit { since: now });
+        s.awaiting_route = awaiting_route;
+        s
+    }
+
+    /// Still waiting for the control plane's route (no connect attempt meanwhile).
+    pub fn awaiting_route(&self) -> bool {
+        self.awaiting_route
+    }
+
+    /// The control plane's route arrived: true if this connection was waiting for one (a late
+    /// or repeated answer is ignored).
+    pub fn route_answered(&mut self) -> bool {
+        std::mem::replace(&mut self.awaiting_route, false)
     }
 
     /// The phase, for status reports and timeouts.
@@ -220,7 +237,7 @@ mod tests {
     use shutdown::{BOTH, RCV, SEND};
 
     fn established() -> ConnState {
-        let mut s = ConnState::peer_init(Instant::now());
+        let mut s = ConnState::peer_init(Instant::now(), false);
         s.establish();
         s
     }
@@ -236,7 +253,7 @@ mod tests {
         assert!(a.is_local_init() && !a.is_established());
         a.establish();
         assert!(a.is_established());
-        let mut b = ConnState::peer_init(now);
+        let mut b = ConnState::peer_init(now, false);
         assert_eq!(b.state(), State::PeerInit { since: now });
         b.establish();
         assert_eq!(b.directions(), dirs(Flow::Open, Flow::Open));
@@ -342,6 +359,17 @@ mod tests {
         s.host_read_eof();
         assert_eq!(s.host_hung_up(true, false), None);
         assert!(s.is_local_init());
+    }
+
+    #[test]
+    fn a_route_is_awaited_once() {
+        let mut s = ConnState::peer_init(Instant::now(), true);
+        assert!(s.awaiting_route());
+        assert!(s.route_answered());
+        assert!(!s.awaiting_route());
+        assert!(!s.route_answered(), "a repeated answer is ignored");
+        let mut t = ConnState::peer_init(Instant::now(), false);
+        assert!(!t.route_answered(), "no control plane: nothing to answer");
     }
 
     #[test]

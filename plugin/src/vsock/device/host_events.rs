@@ -388,7 +388,7 @@ impl VsockDevice {
                 }
                 State::PeerInit { .. } => {
                     timed = true;
-                    if !conn.route_pending {
+                    if !conn.state.awaiting_route() {
                         self.retry_host_connect(slot);
                     }
                 }

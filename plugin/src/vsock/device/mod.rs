@@ -247,10 +247,9 @@ impl VsockDevice {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if !conn.route_pending {
+        if !conn.state.route_answered() {
             return;
         }
-        conn.route_pending = false;
         match route {
             HostRoute::Unix => self.retry_host_connect(slot),
             HostRoute::Deny(reason) => {

@@ -169,8 +169,7 @@ impl VsockDevice {
                 continue;
             }
             if conn.credit.peer_free() == 0 {
-                if !conn.credit_requested {
-                    conn.credit_requested = true;
+                if conn.credit.should_request() {
                     let (key, k) = (conn.key, conn.kind);
                     self.queue_control(self.ends(key), k, Op::CreditRequest, 0);
                 }

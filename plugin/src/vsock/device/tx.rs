@@ -250,9 +250,6 @@ impl VsockDevice {
             return;
         }
         conn.credit.update_from_peer(hdr.buf_alloc(), hdr.fwd_cnt());
-        if conn.credit.peer_free() > 0 {
-            conn.credit_requested = false;
-        }
         match op {
             Op::Request => {
                 crate::log_limited!(Warn, "duplicate REQUEST for {key:?}; reset");
@@ -316,12 +313,12 @@ impl VsockDevice {
         let mut conn = Connection::new(
             key,
             hdr.kind(),
-            ConnState::peer_init(Instant::now()),
+            // With a control plane the route is asked for first (answered in apply_route).
+            ConnState::peer_init(Instant::now(), self.host_router.is_some()),
             None,
             buf_alloc,
         );
         conn.credit.update_from_peer(hdr.buf_alloc(), hdr.fwd_cnt());
-        conn.route_pending = self.host_router.is_some();
         let slot = self.conns.insert(conn);
         self.stats.connections_opened += 1;
         match &self.host_router {
