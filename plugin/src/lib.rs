@@ -4,12 +4,20 @@
 //!
 //! ```text
 //!  VMM (crosvm / QEMU) ──vhost-user──► vhost_user::{listener, wire, session}  features, memory, rings
-//!  guest virtqueues ◄──────────────► virtqueue::{vring, chain}               split rings, descriptor chains
-//!                                    vsock::{packet, connection, credit, device}  the vsock protocol
+//!  guest virtqueues ◄──────────────► virtqueue::{vring, chain, guest_io}     split rings, chains, guest-memory I/O
+//!                                    vsock::{packet, csm, connection, credit}  the vsock protocol
+//!                                    vsock::device                            the device: a muxer over connections
 //!  host Unix sockets / sibling VMs ◄► host::{unix, connect_line, sibling}     hybrid vsock, VM-to-VM
 //!                                    worker                                   one event loop per VM
 //!                                    config                                   one VmConfig per VM (clap CLI, file)
 //! ```
+//!
+//! Dependencies point one way: the worker drives the device, which registers its fds through the
+//! worker's `EventRegistry` with tokens only the device decodes (`vsock::device::interests`); the device drives connections through their state machine
+//! (`vsock::csm`). Types others need from the device live in leaf modules that import nothing
+//! from the plugin (`vsock::status`, `virtio`, `vsock::packet`), so `control`, `host::route` and
+//! the worker do not depend on the device through them. `plugin/tests/import_cycles.rs` fails on
+//! any import circle.
 //!
 //! [`Plugin::start`] runs one [`worker::VmWorker`] thread per configured VM.
 
@@ -22,6 +30,7 @@ pub mod panic_exit;
 pub mod readiness;
 pub mod sandbox;
 pub mod vhost_user;
+pub mod virtio;
 pub mod virtqueue;
 pub mod vsock;
 pub mod worker;

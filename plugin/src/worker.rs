@@ -1,6 +1,6 @@
 //! One VM's event loop: a single thread owning the frontend session, the device and every host
 //! socket of that VM, so the data path needs no locks. It waits on one epoll set; events are
-//! identified by [`token::Token`].
+//! identified by `token::Token`.
 //!
 //! The loop never blocks on a peer: host sockets are non-blocking; a vhost-user message is
 //! assembled as its bytes arrive and must be whole within a deadline from its first byte; who holds
@@ -15,74 +15,56 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{Request, VmControl, VmReport};
-use crate::vhost_user::features::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET};
 use crate::vhost_user::listener::FrontendListener;
 use crate::vhost_user::session::{FrontendSession, Outcome, SessionConfig};
 use crate::vhost_user::slot;
+use crate::virtio::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET};
+use crate::vsock::device::interests::{is_device_token, EventRegistry};
 use crate::vsock::device::{Rings, VsockDevice};
 use vsock_plugin_ipc::proto::control::DeviceState;
 
-/// Epoll tokens: small constants for the fixed fds; host sockets carry their slot in the low
-/// 32 bits with the kind above.
-pub mod token {
+/// Epoll tokens of the worker's own fds: small constants. The device registers its fds (hybrid
+/// listener, waiting clients, host sockets) in the same set through [`EpollRegistry`], with
+/// tokens only it decodes (all at or above 2^62, see `vsock::device::interests`).
+mod token {
     const FRONTEND_LISTENER: u64 = 1;
     const FRONTEND: u64 = 2;
-    const HYBRID_LISTENER: u64 = 3;
     const WAKE: u64 = 4;
     const BACKEND_CHANNEL: u64 = 5;
     const KICK_BASE: u64 = 16;
-    const HOST_CLIENT: u64 = 1 << 32;
-    const HOST_CONN: u64 = 2 << 32;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Token {
+    pub(super) enum Token {
         FrontendListener,
         Frontend,
-        HybridListener,
         Wake,
         BackendChannel,
         Kick(usize),
-        HostClient(u32),
-        HostConn(u32),
     }
 
     impl Token {
-        pub fn encode(self) -> u64 {
+        pub(super) fn encode(self) -> u64 {
             match self {
                 Token::FrontendListener => FRONTEND_LISTENER,
                 Token::Frontend => FRONTEND,
-                Token::HybridListener => HYBRID_LISTENER,
                 Token::Wake => WAKE,
                 Token::BackendChannel => BACKEND_CHANNEL,
                 Token::Kick(q) => KICK_BASE + q as u64,
-                Token::HostClient(id) => HOST_CLIENT | id as u64,
-                Token::HostConn(slot) => HOST_CONN | slot as u64,
             }
         }
 
-        pub fn decode(v: u64) -> Option<Token> {
+        pub(super) fn decode(v: u64) -> Option<Token> {
             Some(match v {
                 FRONTEND_LISTENER => Token::FrontendListener,
                 FRONTEND => Token::Frontend,
-                HYBRID_LISTENER => Token::HybridListener,
                 WAKE => Token::Wake,
                 BACKEND_CHANNEL => Token::BackendChannel,
                 k if (KICK_BASE..KICK_BASE + 8).contains(&k) => {
                     Token::Kick((k - KICK_BASE) as usize)
                 }
-                v if v >> 32 == 1 => Token::HostClient(v as u32),
-                v if v >> 32 == 2 => Token::HostConn(v as u32),
                 _ => return None,
             })
         }
-    }
-
-    pub fn host_client(id: u32) -> u64 {
-        Token::HostClient(id).encode()
-    }
-
-    pub fn host_conn(slot: u32) -> u64 {
-        Token::HostConn(slot).encode()
     }
 }
 
@@ -94,6 +76,15 @@ use token::Token;
 pub struct Shutdown {
     pub stop: AtomicBool,
     pub drain: AtomicBool,
+}
+
+/// The device's fds go into the worker's epoll set (one `epoll_wait` per round for everything).
+struct EpollRegistry(Arc<Epoll>);
+
+impl EventRegistry for EpollRegistry {
+    fn ctl(&self, op: ControlOperation, fd: RawFd, event: EpollEvent) -> std::io::Result<()> {
+        self.0.ctl(op, fd, event)
+    }
 }
 
 /// How often a draining worker retries writing buffered bytes to host sockets.
@@ -110,7 +101,8 @@ fn wait_ms(left: Duration) -> i32 {
 
 pub struct VmWorker {
     name: String,
-    epoll: Epoll,
+    /// Shared with the device's registrations ([`EpollRegistry`]).
+    epoll: Arc<Epoll>,
     listener: FrontendListener,
     session: Option<FrontendSession>,
     session_config: SessionConfig,
@@ -134,7 +126,7 @@ impl VmWorker {
         wake: Arc<EventFd>,
         stop: Arc<Shutdown>,
     ) -> std::io::Result<VmWorker> {
-        let epoll = Epoll::new()?;
+        let epoll = Arc::new(Epoll::new()?);
         let add = |fd: RawFd, t: Token| {
             epoll.ctl(
                 ControlOperation::Add,
@@ -143,10 +135,11 @@ impl VmWorker {
             )
         };
         add(wake.as_raw_fd(), Token::Wake)?;
-        add(device.hybrid_listener().as_raw_fd(), Token::HybridListener)?;
         if let Some(fd) = listener.listen_fd() {
             add(fd, Token::FrontendListener)?;
         }
+        let mut device = device;
+        device.attach_events(Box::new(EpollRegistry(epoll.clone())))?;
         let listener_watched = listener.listen_fd().is_some();
         let mut w = VmWorker {
             name,
@@ -218,7 +211,7 @@ impl VmWorker {
                 Request::Reset { key, reply } => {
                     let _ = reply.try_send(self.device.reset_connection(key));
                 }
-                Request::Routed { key, route } => self.device.apply_route(key, route, &self.epoll),
+                Request::Routed { key, route } => self.device.apply_route(key, route),
             }
         }
     }
@@ -248,15 +241,18 @@ impl VmWorker {
                 }
             };
             for ev in &events[..n] {
-                if let Some(t) = Token::decode(ev.data()) {
-                    self.handle(t, ev.event_set());
+                if is_device_token(ev.data()) {
+                    let running = self.running();
+                    self.device.handle_event(ev.data(), ev.event_set(), running);
+                } else if let Some(t) = Token::decode(ev.data()) {
+                    self.handle(t);
                 }
             }
             self.pump();
             self.report_state();
             check_timers |= n > 0;
             if check_timers && Instant::now() >= next_tick {
-                check_timers = self.device.on_tick(&self.epoll);
+                check_timers = self.device.on_tick();
                 if let Some(session) = self.session.as_mut() {
                     check_timers |= session.check_miss_timeouts();
                 }
@@ -277,7 +273,7 @@ impl VmWorker {
     /// The process is stopping: no new frontends or host clients; guest bytes the device holds
     /// go to their host sockets within the VM's shutdown timeout; then every connection closes.
     fn drain(&mut self) {
-        self.device.stop_accepting(&self.epoll);
+        self.device.stop_accepting();
         if let Some(lfd) = self.listener.listen_fd() {
             let _ = self
                 .epoll
@@ -296,7 +292,7 @@ impl VmWorker {
         );
     }
 
-    fn handle(&mut self, t: Token, events: EventSet) {
+    fn handle(&mut self, t: Token) {
         match t {
             Token::Wake => {
                 let _ = self.wake.read();
@@ -321,12 +317,6 @@ impl VmWorker {
                     let _ = fd.read();
                 }
             }
-            Token::HybridListener => self.device.accept_clients(&self.epoll),
-            Token::HostClient(id) => {
-                let running = self.running();
-                self.device.client_readable(id, &self.epoll, running);
-            }
-            Token::HostConn(slot) => self.device.host_event(slot, events),
         }
     }
 
@@ -349,10 +339,10 @@ impl VmWorker {
         };
         let mem = mem.clone();
         let mut rings = Rings { mem: &mem, vrings };
-        self.device.process_tx(&mut rings, &self.epoll);
+        self.device.process_tx(&mut rings);
         self.device.process_rx(&mut rings);
         if self.device.tx_paused() {
-            self.device.process_tx(&mut rings, &self.epoll);
+            self.device.process_tx(&mut rings);
             self.device.process_rx(&mut rings);
         }
         self.device.process_event(&mut rings);

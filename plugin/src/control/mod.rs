@@ -23,8 +23,7 @@ use crate::config::{MAX_TX_BUFFER_SIZE, MIN_TX_BUFFER_SIZE};
 use crate::host::route::{
     ConnectionEvents, ConnectionLimits, HostRoute, PortLimits, RouteRequests,
 };
-use crate::vsock::connection::{ConnKey, State};
-use crate::vsock::device::{ConnSnapshot, Stats};
+use crate::vsock::status::{ConnKey, ConnSnapshot, State, Stats};
 
 /// How long a binder caller waits for a VM's worker to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);

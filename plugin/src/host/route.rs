@@ -6,7 +6,7 @@
 
 use std::os::unix::net::UnixStream;
 
-use crate::vsock::connection::ConnKey;
+use crate::vsock::status::ConnKey;
 
 /// The answer for one guest connection.
 #[derive(Debug)]

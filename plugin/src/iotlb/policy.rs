@@ -1,7 +1,7 @@
 //! What the IOTLB switches offer and what they accept at SET_FEATURES.
 
 use crate::config::IotlbMode;
-use crate::vhost_user::features::VIRTIO_F_ACCESS_PLATFORM;
+use crate::virtio::VIRTIO_F_ACCESS_PLATFORM;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IotlbPolicy {

@@ -12,17 +12,13 @@
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
 
-pub const VIRTIO_VSOCK_F_SEQPACKET: u64 = 1 << 1;
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
+pub use crate::virtio::{
+    EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_VSOCK_F_SEQPACKET,
+};
 
-/// Queues of a vsock device: rx (device → guest), tx (guest → device), event.
-pub const NUM_QUEUES: usize = 3;
-pub const RX_QUEUE: usize = 0;
-pub const TX_QUEUE: usize = 1;
-pub const EVENT_QUEUE: usize = 2;
+/// The vhost-user bit in the virtio feature word (vhost-user spec, not virtio).
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
 /// Virtio features offered to the frontend.
 pub fn virtio_offer(seqpacket: bool) -> u64 {

@@ -6,7 +6,7 @@
 
 use std::ops::Deref;
 
-use vm_memory::{GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 /// Upper bound on descriptors in one chain we accept (the largest queue size).
 const MAX_DESCRIPTORS: usize = 32768;
@@ -55,19 +55,27 @@ impl Segments {
         }
     }
 
-    /// Calls `f` for each guest slice covering `[offset, offset + len)`.
-    fn for_each_slice<M, F>(
+    /// The guest ranges covering `[offset, offset + len)`, appended to `out` (no memory is
+    /// touched: every descriptor was checked against guest memory when the chain was taken).
+    pub fn ranges(
         &self,
-        mem: &M,
         offset: usize,
         len: usize,
-        access: Permissions,
-        mut f: F,
-    ) -> Result<(), ChainError>
-    where
-        M: GuestMemory,
-        F: FnMut(*mut u8, usize),
-    {
+        out: &mut Vec<(GuestAddress, usize)>,
+    ) -> Result<(), ChainError> {
+        self.for_each_range(offset, len, |addr, n| {
+            out.push((addr, n));
+            Ok(())
+        })
+    }
+
+    /// Calls `f` with each guest range covering `[offset, offset + len)`, in order.
+    fn for_each_range(
+        &self,
+        offset: usize,
+        len: usize,
+        mut f: impl FnMut(GuestAddress, usize) -> Result<(), ChainError>,
+    ) -> Result<(), ChainError> {
         let end = offset.checked_add(len).filter(|&e| e <= self.total).ok_or(
             ChainError::OutOfBounds {
                 offset,
@@ -81,14 +89,7 @@ impl Segments {
             if seg_end > offset && pos < end {
                 let from = offset.max(pos) - pos;
                 let to = end.min(seg_end) - pos;
-                let start = GuestAddress(addr.0 + from as u64);
-                let slices = mem
-                    .get_slices(start, to - from, access)
-                    .map_err(|e| ChainError::Memory(e.to_string()))?;
-                for slice in slices {
-                    let slice = slice.map_err(|e| ChainError::Memory(e.to_string()))?;
-                    f(slice.ptr_guard_mut().as_ptr(), slice.len());
-                }
+                f(GuestAddress(addr.0 + from as u64), to - from)?;
             }
             pos = seg_end;
             if pos >= end {
@@ -98,7 +99,7 @@ impl Segments {
         Ok(())
     }
 
-    /// Copies `buf.len()` bytes starting at `offset` out of the guest.
+    /// Copies `buf.len()` bytes starting at `offset` out of the guest (volatile reads).
     pub fn read_at<M: GuestMemory>(
         &self,
         mem: &M,
@@ -106,17 +107,15 @@ impl Segments {
         buf: &mut [u8],
     ) -> Result<(), ChainError> {
         let mut done = 0;
-        self.for_each_slice(mem, offset, buf.len(), Permissions::Read, |ptr, len| {
-            // SAFETY: `ptr..ptr+len` is mapped guest memory (checked by get_slices) and the
-            // destination has room: the slices cover exactly buf.len() bytes.
-            unsafe {
-                std::ptr::copy_nonoverlapping(ptr as *const u8, buf[done..].as_mut_ptr(), len)
-            };
+        self.for_each_range(offset, buf.len(), |addr, len| {
+            mem.read_slice(&mut buf[done..done + len], addr)
+                .map_err(|e| ChainError::Memory(e.to_string()))?;
             done += len;
+            Ok(())
         })
     }
 
-    /// Copies `buf` into the guest starting at `offset`.
+    /// Copies `buf` into the guest starting at `offset` (volatile writes).
     pub fn write_at<M: GuestMemory>(
         &self,
         mem: &M,
@@ -124,32 +123,11 @@ impl Segments {
         buf: &[u8],
     ) -> Result<(), ChainError> {
         let mut done = 0;
-        self.for_each_slice(mem, offset, buf.len(), Permissions::Write, |ptr, len| {
-            // SAFETY: as in read_at, with the roles swapped.
-            unsafe { std::ptr::copy_nonoverlapping(buf[done..].as_ptr(), ptr, len) };
+        self.for_each_range(offset, buf.len(), |addr, len| {
+            mem.write_slice(&buf[done..done + len], addr)
+                .map_err(|e| ChainError::Memory(e.to_string()))?;
             done += len;
-        })
-    }
-
-    /// The guest memory behind `[offset, offset + len)` as an iovec list, for one `readv`/`writev`
-    /// straight between a host socket and the guest (no copy).
-    ///
-    /// The iovecs point into guest memory mapped for as long as `mem` is alive; the caller uses
-    /// them before `mem` is dropped or replaced.
-    pub fn iovecs<M: GuestMemory>(
-        &self,
-        mem: &M,
-        offset: usize,
-        len: usize,
-        access: Permissions,
-        out: &mut Vec<libc::iovec>,
-    ) -> Result<(), ChainError> {
-        out.clear();
-        self.for_each_slice(mem, offset, len, access, |ptr, len| {
-            out.push(libc::iovec {
-                iov_base: ptr as *mut libc::c_void,
-                iov_len: len,
-            });
+            Ok(())
         })
     }
 }
@@ -221,7 +199,7 @@ impl ChainBuffers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryMmap};
+    use vm_memory::GuestMemoryMmap;
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[
@@ -249,11 +227,15 @@ mod tests {
         let mut back = [0u8; 10];
         s.read_at(&m, 1, &mut back).unwrap();
         assert_eq!(&back, b"abcdefghij");
-        let mut iov = Vec::new();
-        s.iovecs(&m, 2, 8, Permissions::Read, &mut iov).unwrap();
+        let mut ranges = Vec::new();
+        s.ranges(2, 8, &mut ranges).unwrap();
         assert_eq!(
-            iov.iter().map(|v| v.iov_len).collect::<Vec<_>>(),
-            vec![1, 5, 2]
+            ranges,
+            vec![
+                (GuestAddress(0x102), 1),
+                (GuestAddress(0x20000), 5),
+                (GuestAddress(0x300), 2)
+            ]
         );
         assert_eq!(
             s.read_at(&m, 10, &mut [0u8; 3]),

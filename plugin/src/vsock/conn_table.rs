@@ -1,13 +1,17 @@
-//! The connections of one VM: a slab (slot ids double as epoll tokens) plus the key index.
-//! Both change only through these methods, so they cannot drift apart.
+//! The connections of one VM: a slab plus the key index. Both change only through these
+//! methods, so they cannot drift apart. Each slot counts its occupants (its *generation*), so an
+//! event token naming (slot, generation) cannot reach a later occupant of the same slot.
 
 use std::collections::HashMap;
 
-use super::connection::{ConnKey, Connection};
+use super::connection::Connection;
+use super::status::ConnKey;
 
 #[derive(Default)]
 pub struct ConnTable {
     slots: Vec<Option<Connection>>,
+    /// Per slot: how many connections have occupied it (wrapping).
+    generations: Vec<u32>,
     free: Vec<u32>,
     by_key: HashMap<ConnKey, u32>,
 }
@@ -35,15 +39,23 @@ impl ConnTable {
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = Some(conn);
+                let g = &mut self.generations[s as usize];
+                *g = g.wrapping_add(1);
                 s
             }
             None => {
                 self.slots.push(Some(conn));
+                self.generations.push(0);
                 (self.slots.len() - 1) as u32
             }
         };
         self.by_key.insert(key, slot);
         slot
+    }
+
+    /// The generation of the connection now in `slot` (of the last one, if it is free).
+    pub fn generation(&self, slot: u32) -> u32 {
+        self.generations.get(slot as usize).copied().unwrap_or(0)
     }
 
     pub fn get_mut(&mut self, slot: u32) -> Option<&mut Connection> {
@@ -75,8 +87,10 @@ impl ConnTable {
     }
 
     pub fn drain(&mut self) -> Vec<Connection> {
+        // Slots are kept (free) so that their generations keep counting: an event for a
+        // drained connection must not match the next occupant.
         self.by_key.clear();
-        self.free.clear();
-        self.slots.drain(..).flatten().collect()
+        self.free = (0..self.slots.len() as u32).rev().collect();
+        self.slots.iter_mut().filter_map(Option::take).collect()
     }
 }

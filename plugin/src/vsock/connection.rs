@@ -1,4 +1,5 @@
-//! One guest ↔ host connection: its state machine, credit, and the host socket it maps to.
+//! One guest ↔ host connection: the host socket it maps to, its buffers and credit, and its
+//! protocol state (the state machine itself, with its transitions, is [`super::csm`]).
 //!
 //! # Protocol primer
 //!
@@ -28,34 +29,11 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
 
 use super::credit::Credit;
-use super::packet::{kind, shutdown};
-
-/// Key of a connection within one VM: (host-side port, guest-side port).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnKey {
-    pub host_port: u32,
-    pub guest_port: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Host client asked for a guest port; REQUEST sent, waiting for RESPONSE.
-    LocalInit {
-        since: Instant,
-    },
-    /// Guest sent REQUEST; connecting to the host listener (its backlog was full).
-    PeerInit {
-        since: Instant,
-    },
-    Established,
-    /// Waiting for our buffer to drain (guest closed) or for the guest's RST (host closed).
-    Closing {
-        since: Instant,
-    },
-}
+use super::csm::ConnState;
+use super::packet::kind;
+use super::status::ConnKey;
 
 /// Guest → host bytes the host socket did not take yet. For SEQPACKET each entry is one whole
 /// message and is sent whole; for streams entries are just chunks.
@@ -171,7 +149,8 @@ pub struct Connection {
     pub key: ConnKey,
     /// `kind::STREAM` or `kind::SEQPACKET`.
     pub kind: u16,
-    pub state: State,
+    /// Phase and open directions; changed only through its transitions.
+    pub state: ConnState,
     /// The host end (None while a guest-initiated connect waits for backlog room).
     pub host: Option<UnixStream>,
     pub credit: Credit,
@@ -188,26 +167,10 @@ pub struct Connection {
     pub host_readable: bool,
     /// The host socket may accept data.
     pub host_writable: bool,
-    /// The host end sent EOF (half-close or full close).
-    pub host_eof: bool,
-    /// The host end is gone in both directions (HUP).
-    pub host_hup: bool,
-    /// The host end shut down its writing side (RDHUP seen): an EOF is waiting behind the data.
-    pub host_rdhup: bool,
-    /// SHUTDOWN flags received from the guest.
-    pub guest_shut: u32,
-    /// SHUTDOWN flags we sent to the guest.
-    pub host_shut_sent: u32,
-    /// `shutdown(SHUT_WR)` done on the host socket.
-    pub host_write_shut: bool,
     /// Host-initiated: the guest port requested, for the `OK` line.
     pub ok_line: Option<Vec<u8>>,
-    /// A CREDIT_REQUEST was sent and not yet answered.
-    pub credit_requested: bool,
     /// The connection is in the device's rx ready queue.
     pub rx_queued: bool,
-    /// Guest-initiated, waiting for the control plane to say where it goes.
-    pub route_pending: bool,
     /// Opened by a host client (CONNECT line) rather than by the guest.
     pub host_initiated: bool,
     /// The host end came from a registered host service.
@@ -221,7 +184,7 @@ impl Connection {
     pub fn new(
         key: ConnKey,
         kind: u16,
-        state: State,
+        state: ConnState,
         host: Option<UnixStream>,
         buf_alloc: u32,
     ) -> Connection {
@@ -237,16 +200,8 @@ impl Connection {
             rx_pending_eom: 0,
             host_readable: false,
             host_writable: true,
-            host_eof: false,
-            host_hup: false,
-            host_rdhup: false,
-            guest_shut: 0,
-            host_shut_sent: 0,
-            host_write_shut: false,
             ok_line: None,
-            credit_requested: false,
             rx_queued: false,
-            route_pending: false,
             host_initiated: false,
             via_service: false,
             bytes_from_guest: 0,
@@ -259,14 +214,14 @@ impl Connection {
     }
 
     pub fn is_established(&self) -> bool {
-        self.state == State::Established
+        self.state.is_established()
     }
 
     /// Host → guest data can be produced now (ignoring rx buffer availability).
     pub fn has_rx_data(&self) -> bool {
         self.is_established()
-            && self.guest_shut & shutdown::RCV == 0
-            && (!self.rx_pending.is_empty() || (self.host_readable && !self.host_eof))
+            && self.state.guest_reads()
+            && (!self.rx_pending.is_empty() || (self.host_readable && !self.state.host_eof()))
     }
 
     /// Writes what is queued for the host; updates fwd_cnt. Err: the host socket is broken.
@@ -288,15 +243,11 @@ impl Connection {
 
     /// Applies a pending guest SHUTDOWN(SEND) to the host socket once everything is flushed.
     pub fn propagate_guest_shutdown(&mut self) {
-        if self.guest_shut & shutdown::SEND != 0
-            && self.tx_queue.is_empty()
-            && !self.host_write_shut
-        {
+        if self.state.take_write_shutdown(self.tx_queue.is_empty()) {
             // Under `--sandbox stock` there is no shutdown(2): the host sees EOF at full close.
             if let (Some(sock), true) = (&self.host, crate::sandbox::half_close_allowed()) {
                 let _ = sock.shutdown(std::net::Shutdown::Write);
             }
-            self.host_write_shut = true;
         }
     }
 }

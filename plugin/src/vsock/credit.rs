@@ -28,6 +28,8 @@ pub struct Credit {
     pub rx_cnt: u32,
     pub peer_buf_alloc: u32,
     pub peer_fwd_cnt: u32,
+    /// A CREDIT_REQUEST was sent and the guest has given no credit since.
+    requested: bool,
 }
 
 impl Credit {
@@ -40,6 +42,7 @@ impl Credit {
             rx_cnt: 0,
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
+            requested: false,
         }
     }
 
@@ -47,6 +50,15 @@ impl Credit {
     pub fn update_from_peer(&mut self, buf_alloc: u32, fwd_cnt: u32) {
         self.peer_buf_alloc = buf_alloc;
         self.peer_fwd_cnt = fwd_cnt;
+        if self.peer_free() > 0 {
+            self.requested = false;
+        }
+    }
+
+    /// We are out of credit with data waiting: whether to send CREDIT_REQUEST now. True once,
+    /// then not again until the guest's packets give credit.
+    pub fn should_request(&mut self) -> bool {
+        !std::mem::replace(&mut self.requested, true)
     }
 
     /// Bytes we may still send to the guest.
@@ -106,5 +118,77 @@ mod tests {
         c.fwd_cnt_sent = c.fwd_cnt;
         assert!(!c.update_worthwhile());
         assert!(c.accept_from_peer(100));
+    }
+
+    #[test]
+    fn the_guest_may_fill_our_buffer_exactly_across_counter_wrap() {
+        let mut c = Credit::new(100);
+        // Counters near the top of u32: in-buffer arithmetic wraps.
+        c.tx_received = u32::MAX - 30;
+        c.fwd_cnt = u32::MAX - 30;
+        assert!(c.accept_from_peer(100), "exactly buf_alloc fits");
+        assert!(!c.accept_from_peer(1), "one byte more does not");
+        c.fwd_cnt = c.fwd_cnt.wrapping_add(40);
+        assert!(c.accept_from_peer(40));
+        assert!(!c.accept_from_peer(1));
+        assert!(c.accept_from_peer(0), "an empty packet always fits");
+    }
+
+    #[test]
+    fn zero_buffers_give_no_credit_either_way() {
+        let mut c = Credit::new(0);
+        assert!(!c.accept_from_peer(1));
+        assert!(c.accept_from_peer(0));
+        assert!(
+            !c.update_worthwhile(),
+            "nothing to tell about an empty buffer"
+        );
+        // A guest advertising no buffer gets nothing from us.
+        c.update_from_peer(0, 0);
+        assert_eq!(c.peer_free(), 0);
+    }
+
+    #[test]
+    fn a_guest_fwd_cnt_ahead_of_what_we_sent_grants_no_extra_credit() {
+        let mut c = Credit::new(4096);
+        c.rx_cnt = 100;
+        // A confused (or hostile) guest claims it consumed more than we ever sent: in flight
+        // wraps to a huge value and the credit is zero, never more than its buffer.
+        c.update_from_peer(1000, 200);
+        assert_eq!(c.peer_free(), 0);
+        c.update_from_peer(1000, 100);
+        assert_eq!(c.peer_free(), 1000);
+    }
+
+    #[test]
+    fn a_credit_update_is_worthwhile_only_below_half_and_with_real_room() {
+        let mut c = Credit::new(1000);
+        assert!(c.accept_from_peer(600));
+        c.fwd_cnt = 600;
+        // The guest believes 400 free (below half), 1000 are really free: tell it.
+        assert!(c.update_worthwhile());
+        c.fwd_cnt_sent = 600;
+        assert!(!c.update_worthwhile());
+        // Its view at exactly half is not low enough.
+        assert!(c.accept_from_peer(500));
+        c.fwd_cnt = 1100;
+        assert!(!c.update_worthwhile());
+    }
+
+    #[test]
+    fn credit_is_requested_once_until_the_guest_gives_some() {
+        let mut c = Credit::new(4096);
+        c.update_from_peer(100, 0);
+        c.rx_cnt = 100;
+        assert_eq!(c.peer_free(), 0);
+        assert!(c.should_request());
+        assert!(!c.should_request(), "asked already");
+        // A packet that gives no credit does not re-arm the request.
+        c.update_from_peer(100, 0);
+        assert!(!c.should_request());
+        // One that does, does.
+        c.update_from_peer(100, 50);
+        c.rx_cnt = 150;
+        assert!(c.should_request());
     }
 }

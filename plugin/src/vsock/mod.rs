@@ -2,11 +2,15 @@
 //!
 //! - [`packet`]: the 44-byte header and its constants.
 //! - [`connection`]: one connection's state machine (with the protocol primer) and host buffer.
+//! - [`csm`]: the connection state machine: phase and which directions are open.
 //! - [`credit`]: credit flow control rules.
 //! - [`conn_table`]: the connections of a VM.
+//! - [`status`]: keys, phases, snapshots and counters others read (a leaf module).
 //! - [`device`]: moving packets between virtqueues, host sockets and sibling VMs.
 pub mod conn_table;
 pub mod connection;
 pub mod credit;
+pub mod csm;
 pub mod device;
 pub mod packet;
+pub mod status;

@@ -76,7 +76,8 @@ pub struct PacketHeader {
     fwd_cnt: u32,
 }
 
-// SAFETY: plain old data, no padding (packed), every bit pattern is valid.
+// SAFETY: plain old data: integers only, every bit pattern valid; no padding (packed, and the
+// size check below proves the fields fill all 44 bytes).
 unsafe impl ByteValued for PacketHeader {}
 
 const _: () = assert!(std::mem::size_of::<PacketHeader>() == HEADER_SIZE);

@@ -8,17 +8,16 @@
 //! peer sees ECONNRESET instead of EOF only when it had sent bytes the plugin had not read, which
 //! the device ensures by not reading host sockets any more once draining starts.
 
-use super::*;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use super::VsockDevice;
 
 impl VsockDevice {
     /// Stops taking host clients: the listener leaves the epoll set, waiting clients are closed
     /// (clients still in the kernel backlog see ECONNRESET when the listener closes).
-    pub fn stop_accepting(&mut self, ep: &Epoll) {
-        let _ = ep.ctl(
-            ControlOperation::Delete,
-            self.hybrid.as_raw_fd(),
-            EpollEvent::default(),
-        );
+    pub fn stop_accepting(&mut self) {
+        self.interests.unwatch(self.hybrid.as_raw_fd());
         self.accept_paused_until = None;
         self.clients.clear();
     }
@@ -26,7 +25,7 @@ impl VsockDevice {
     /// Writes what the host sockets take of the buffered guest → host bytes (never blocks);
     /// returns the bytes still buffered. Connections whose host socket broke are closed.
     pub fn flush_for_exit(&mut self) -> usize {
-        self.flush_tx_batch();
+        // (No tx batch is pending here: process_tx flushes its batch before it returns.)
         let mut left = 0;
         for slot in self.conns.slots_from(0) {
             let Some(conn) = self.conns.get_mut(slot) else {

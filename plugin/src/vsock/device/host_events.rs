@@ -1,9 +1,56 @@
 //! Host-side events: hybrid clients and their CONNECT lines, readiness of host sockets, timers.
 
-use super::*;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use vmm_sys_util::epoll::EventSet;
+
+use super::interests::{Source, GEN_MASK};
+use super::{
+    host_connection_limit, PendingClient, VsockDevice, ACCEPT_BATCH, ACCEPT_RETRY, CONTROL_BACKLOG,
+    LOCAL_PORT_END, LOCAL_PORT_FIRST, MAX_PENDING_CLIENTS,
+};
+use crate::config::OkReply;
+use crate::host::connect_line::{ConnectLine, LineState};
+use crate::vsock::connection::Connection;
+use crate::vsock::csm::ConnState;
+use crate::vsock::packet::{kind, Op};
+use crate::vsock::status::{ConnKey, State};
 
 impl VsockDevice {
     // ----- events -----------------------------------------------------------------------------
+
+    /// An event for one of the device's registrations (`token` is a device token, see
+    /// [`super::interests::is_device_token`]). `running`: the guest's rx queue is live, so host
+    /// clients may connect.
+    pub fn handle_event(&mut self, token: u64, events: EventSet, running: bool) {
+        if let Some(source) = Source::decode(token) {
+            self.dispatch(source, events, running);
+        }
+    }
+
+    /// One event. An event whose generation is not its slot's current one belongs to an
+    /// earlier occupant (closed and replaced within the same batch): it is dropped.
+    pub(super) fn dispatch(&mut self, source: Source, events: EventSet, running: bool) {
+        match source {
+            Source::HybridListener => self.accept_clients(),
+            Source::Client { id, generation } => {
+                let current = self.clients.get(id as usize).and_then(Option::as_ref);
+                if current.is_some_and(|c| c.generation & GEN_MASK == generation) {
+                    self.client_readable(id, running);
+                }
+            }
+            Source::Conn { slot, generation } => {
+                if self.conns.get(slot).is_some()
+                    && self.conns.generation(slot) & GEN_MASK == generation
+                {
+                    self.host_event(slot, events);
+                }
+            }
+        }
+    }
 
     /// The hybrid listener is readable: accept every waiting host client.
     ///
@@ -12,7 +59,7 @@ impl VsockDevice {
     /// fds of the process). When `accept` fails for want of a resource (`EMFILE`, `ENFILE`,
     /// `ENOMEM`...) the listener leaves the epoll set for [`ACCEPT_RETRY`] (a level-triggered
     /// listener would fire again at once: a spin) and new clients wait in the kernel's backlog.
-    pub fn accept_clients(&mut self, ep: &Epoll) {
+    fn accept_clients(&mut self) {
         if self.accept_paused_until.is_some() {
             return;
         }
@@ -24,7 +71,7 @@ impl VsockDevice {
                     if sock.set_nonblocking(true).is_err() {
                         continue;
                     }
-                    self.admit_client(sock, ep);
+                    self.admit_client(sock);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -48,7 +95,7 @@ impl VsockDevice {
                         self.cfg.uds_path.display(),
                         ACCEPT_RETRY
                     );
-                    self.pause_accepting(ep);
+                    self.pause_accepting();
                     return;
                 }
             }
@@ -56,7 +103,7 @@ impl VsockDevice {
     }
 
     /// Takes a new host client into the pending set, closing the oldest one when it is full.
-    fn admit_client(&mut self, sock: UnixStream, ep: &Epoll) {
+    fn admit_client(&mut self, sock: UnixStream) {
         let pending = self.clients.iter().filter(|c| c.is_some()).count();
         if pending >= MAX_PENDING_CLIENTS {
             let oldest = self
@@ -83,12 +130,12 @@ impl VsockDevice {
                 self.clients.len() - 1
             }
         };
-        let ev = EventSet::IN | EventSet::READ_HANG_UP;
-        if let Err(e) = ep.ctl(
-            ControlOperation::Add,
-            sock.as_raw_fd(),
-            EpollEvent::new(ev, token::host_client(id as u32)),
-        ) {
+        let generation = self.next_client_generation;
+        self.next_client_generation = generation.wrapping_add(1);
+        if let Err(e) = self
+            .interests
+            .watch_client(sock.as_raw_fd(), id as u32, generation)
+        {
             crate::log_limited!(Warn, "cannot watch host client: {e}");
             return;
         }
@@ -96,38 +143,31 @@ impl VsockDevice {
             sock,
             line: ConnectLine::default(),
             since: Instant::now(),
+            generation,
         });
     }
 
-    fn pause_accepting(&mut self, ep: &Epoll) {
-        let _ = ep.ctl(
-            ControlOperation::Delete,
-            self.hybrid.as_raw_fd(),
-            EpollEvent::default(),
-        );
+    fn pause_accepting(&mut self) {
+        self.interests.unwatch(self.hybrid.as_raw_fd());
         self.accept_paused_until = Some(Instant::now() + ACCEPT_RETRY);
     }
 
     /// Puts the listener back into the epoll set once the pause is over (from the timer).
-    fn resume_accepting(&mut self, ep: &Epoll, now: Instant) {
+    fn resume_accepting(&mut self, now: Instant) {
         if self.accept_paused_until.is_none_or(|t| now < t) {
             return;
         }
         self.accept_paused_until = None;
-        if let Err(e) = ep.ctl(
-            ControlOperation::Add,
-            self.hybrid.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, token::Token::HybridListener.encode()),
-        ) {
+        if let Err(e) = self.interests.watch_listener(self.hybrid.as_raw_fd()) {
             crate::log_limited!(Warn, "cannot watch {}: {e}", self.cfg.uds_path.display());
             self.accept_paused_until = Some(now + ACCEPT_RETRY);
             return;
         }
-        self.accept_clients(ep);
+        self.accept_clients();
     }
 
     /// A host client that has not finished its CONNECT line sent something.
-    pub fn client_readable(&mut self, id: u32, ep: &Epoll, running: bool) {
+    fn client_readable(&mut self, id: u32, running: bool) {
         let Some(Some(client)) = self.clients.get_mut(id as usize) else {
             return;
         };
@@ -148,7 +188,7 @@ impl VsockDevice {
                 let Some(client) = self.clients[id as usize].take() else {
                     return;
                 };
-                self.host_connect(client.sock, port, rest, ep, running);
+                self.host_connect(client.sock, port, rest, running);
             }
         }
     }
@@ -158,7 +198,6 @@ impl VsockDevice {
         sock: UnixStream,
         guest_port: u32,
         rest: Vec<u8>,
-        ep: &Epoll,
         running: bool,
     ) {
         if !running {
@@ -200,9 +239,7 @@ impl VsockDevice {
         let mut conn = Connection::new(
             key,
             kind::STREAM,
-            State::LocalInit {
-                since: Instant::now(),
-            },
+            ConnState::local_init(Instant::now()),
             None,
             self.cfg.buf_alloc,
         );
@@ -215,7 +252,7 @@ impl VsockDevice {
         conn.rx_pending.extend(rest);
         let slot = self.conns.insert(conn);
         self.host_initiated_open += 1;
-        if !self.watch_host(ep, &sock, slot, ControlOperation::Modify) {
+        if !self.watch_host(&sock, slot, true) {
             self.remove_conn(slot, "cannot watch the host socket");
             return;
         }
@@ -244,19 +281,13 @@ impl VsockDevice {
         None
     }
 
-    pub(super) fn watch_host(
-        &self,
-        ep: &Epoll,
-        sock: &UnixStream,
-        slot: u32,
-        op: ControlOperation,
-    ) -> bool {
-        let ev = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        let res = ep.ctl(
-            op,
-            sock.as_raw_fd(),
-            EpollEvent::new(ev, token::host_conn(slot)),
-        );
+    /// Watches a connection's host socket under the slot's current generation. `was_client`:
+    /// it is the socket of a host client that sent its CONNECT line (already in the set).
+    pub(super) fn watch_host(&self, sock: &UnixStream, slot: u32, was_client: bool) -> bool {
+        let generation = self.conns.generation(slot);
+        let res = self
+            .interests
+            .watch_conn(sock.as_raw_fd(), slot, generation, was_client);
         if let Err(e) = res {
             crate::log_limited!(Warn, "cannot watch host socket: {e}");
             return false;
@@ -265,7 +296,7 @@ impl VsockDevice {
     }
 
     /// Readiness of a connection's host socket changed.
-    pub fn host_event(&mut self, slot: u32, events: EventSet) {
+    fn host_event(&mut self, slot: u32, events: EventSet) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -274,28 +305,15 @@ impl VsockDevice {
         {
             conn.host_readable = true;
         }
-        if events.contains(EventSet::HANG_UP) {
-            conn.host_hup = true;
-        }
-        if events.contains(EventSet::READ_HANG_UP) {
-            conn.host_rdhup = true;
-        }
         if events.contains(EventSet::OUT) {
             conn.host_writable = true;
         }
+        let hup = events.contains(EventSet::HANG_UP);
+        let rdhup = events.contains(EventSet::READ_HANG_UP);
         // Host closed outright after an earlier half-close: the guest must learn RCV too.
-        if conn.host_hup
-            && conn.host_eof
-            && conn.host_shut_sent & shutdown::RCV == 0
-            && conn.is_established()
-        {
-            conn.state = State::Closing {
-                since: Instant::now(),
-            };
-            let key = conn.key;
-            let k = conn.kind;
-            conn.host_shut_sent = shutdown::BOTH;
-            self.queue_control(self.ends(key), k, Op::Shutdown, shutdown::BOTH);
+        if let Some(flags) = conn.state.host_hung_up(hup, rdhup) {
+            let (key, k) = (conn.key, conn.kind);
+            self.queue_control(self.ends(key), k, Op::Shutdown, flags);
         }
         if events.contains(EventSet::OUT) {
             self.flush_host(slot);
@@ -313,7 +331,7 @@ impl VsockDevice {
             return;
         }
         conn.propagate_guest_shutdown();
-        let closing_done = conn.guest_shut == shutdown::BOTH && conn.tx_queue.is_empty();
+        let closing_done = conn.state.guest_closed_both() && conn.tx_queue.is_empty();
         let update = conn.credit.update_worthwhile();
         let (key, k) = (conn.key, conn.kind);
         if closing_done {
@@ -324,9 +342,9 @@ impl VsockDevice {
     }
 
     /// Periodic work: timeouts and retries. Returns whether anything is still timed.
-    pub fn on_tick(&mut self, ep: &Epoll) -> bool {
+    pub fn on_tick(&mut self) -> bool {
         let now = Instant::now();
-        self.resume_accepting(ep, now);
+        self.resume_accepting(now);
         for c in self.clients.iter_mut() {
             if c.as_ref()
                 .is_some_and(|c| now.duration_since(c.since) >= self.cfg.connect_line_timeout)
@@ -345,7 +363,7 @@ impl VsockDevice {
             let Some(conn) = self.conns.get(slot) else {
                 continue;
             };
-            match conn.state {
+            match conn.state.state() {
                 State::LocalInit { since } | State::PeerInit { since }
                     if now.duration_since(since) >= self.cfg.connect_timeout =>
                 {
@@ -370,8 +388,8 @@ impl VsockDevice {
                 }
                 State::PeerInit { .. } => {
                     timed = true;
-                    if !conn.route_pending {
-                        self.retry_host_connect(slot, ep);
+                    if !conn.state.awaiting_route() {
+                        self.retry_host_connect(slot);
                     }
                 }
                 State::LocalInit { .. } | State::Closing { .. } => timed = true,

@@ -14,9 +14,13 @@
 //!   connections (reset or a new frontend), so the guest resets its sockets.
 //! - While a ring is disabled it is not processed at all (tx chains stay in the ring until enable).
 //!
-//! Here: the device's state and its control-plane hooks. `tx` handles guest packets,
+//! The device is a muxer: each connection's protocol state is its state machine
+//! (`vsock::csm`); the device routes packets and events to it and turns its answers into
+//! packets. Here: the device's state and its control-plane hooks. `tx` handles guest packets,
 //! `rx` fills the rx and event queues, `host_events` reacts to host sockets, hybrid clients
-//! and timers, `socket_io` moves bytes between host sockets and guest buffers.
+//! and timers, `interests` says which fds it watches (through the worker's registry, with
+//! generation-tagged tokens), `socket_io` moves bytes between host sockets and guest buffers,
+//! `sibling_out` parks packets for full sibling inboxes, `drain` ends the device at exit.
 
 use std::collections::VecDeque;
 use std::io;
@@ -26,32 +30,30 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vm_memory::Permissions;
+use vm_memory::GuestAddress;
 
 use crate::iotlb::DeviceMemory;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::conn_table::ConnTable;
-use super::connection::{ConnKey, Connection, State};
-use super::packet::{kind, seq, shutdown, Endpoints, Op, PacketHeader, HEADER_SIZE, HOST_CID};
+use super::connection::Connection;
+use super::packet::{kind, Endpoints, Op, PacketHeader, HOST_CID};
+use super::status::{ConnKey, ConnSnapshot, Stats};
 use crate::config::OkReply;
-use crate::host::connect_line::{ConnectLine, LineState};
+use crate::host::connect_line::ConnectLine;
 use crate::host::route::{ConnectionEvents, ConnectionLimits, HostRoute, RouteRequests};
-use crate::host::sibling::{Delivery, SiblingPort, SiblingRouter};
-use crate::host::unix::{self, Connect};
-use crate::vhost_user::features::{EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
-use crate::virtqueue::chain::ChainBuffers;
+use crate::host::sibling::{SiblingPort, SiblingRouter};
+use crate::host::unix;
 use crate::virtqueue::vring::Vring;
-use crate::worker::token;
 
 mod drain;
 mod host_events;
+pub mod interests;
 mod rx;
 mod sibling_out;
 mod socket_io;
 mod tx;
 
-use socket_io::*;
+use interests::{EventRegistry, Interests};
 
 /// Largest payload of one packet we build (the virtio-vsock maximum, 64 KiB).
 pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;
@@ -76,8 +78,6 @@ pub const MAX_PENDING_CLIENTS: usize = 128;
 const ACCEPT_BATCH: usize = 64;
 /// How long the hybrid listener rests after `accept` failed (out of fds).
 const ACCEPT_RETRY: Duration = Duration::from_millis(250);
-/// Event id of VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
-const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Settings the device needs from the VM's configuration.
 #[derive(Debug, Clone)]
@@ -112,16 +112,8 @@ struct PendingClient {
     sock: UnixStream,
     line: ConnectLine,
     since: Instant,
-}
-
-/// Counters, logged at reset and useful in tests.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    pub tx_packets: u64,
-    pub rx_packets: u64,
-    pub dropped_packets: u64,
-    pub rst_sent: u64,
-    pub connections_opened: u64,
+    /// Tells this client's events from those of an earlier client at the same index.
+    generation: u32,
 }
 
 pub struct VsockDevice {
@@ -129,7 +121,11 @@ pub struct VsockDevice {
     conns: ConnTable,
     control: VecDeque<Control>,
     clients: Vec<Option<PendingClient>>,
+    /// Generation of the next waiting client (see `interests`).
+    next_client_generation: u32,
     hybrid: std::os::unix::net::UnixListener,
+    /// Which fds the device watches, through the worker's registry (see `interests`).
+    interests: Interests,
     /// Set while the hybrid listener is out of the epoll set after a failed accept.
     accept_paused_until: Option<Instant>,
     next_local_port: u32,
@@ -146,8 +142,9 @@ pub struct VsockDevice {
     /// Packets for sibling VMs whose inbox was full.
     parked: sibling_out::ParkedSiblings,
     pub stats: Stats,
-    iov: IovecScratch,
-    tx_batch: TxBatch,
+    /// Reused storage: guest ranges of one rx `readv`, and of a tx pass's batch.
+    rx_ranges: Vec<(GuestAddress, usize)>,
+    tx_batch_scratch: Vec<(GuestAddress, usize)>,
     /// Extra rx chains filled by the last read, to complete right after the first one.
     rx_extra_used: Vec<(u16, u32)>,
     /// Set when a control plane decides where guest connections go.
@@ -156,22 +153,9 @@ pub struct VsockDevice {
     limits: Option<Box<dyn ConnectionLimits>>,
 }
 
-/// One connection as status reports show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnSnapshot {
-    pub key: ConnKey,
-    pub state: State,
-    pub host_initiated: bool,
-    pub via_service: bool,
-    pub bytes_from_guest: u64,
-    pub bytes_to_guest: u64,
-    pub buf_alloc: u32,
-    pub fwd_cnt: u32,
-    pub peer_buf_alloc: u32,
-    pub peer_fwd_cnt: u32,
-}
-
 impl VsockDevice {
+    /// A device serving `hybrid` (already listening); it watches nothing until
+    /// [`Self::attach_events`].
     pub fn new(
         cfg: DeviceConfig,
         hybrid: std::os::unix::net::UnixListener,
@@ -183,7 +167,9 @@ impl VsockDevice {
             conns: ConnTable::default(),
             control: VecDeque::new(),
             clients: Vec::new(),
+            next_client_generation: 0,
             hybrid,
+            interests: Interests::default(),
             accept_paused_until: None,
             next_local_port: LOCAL_PORT_FIRST,
             host_initiated_open: 0,
@@ -196,13 +182,20 @@ impl VsockDevice {
             sibling,
             parked: Default::default(),
             stats: Stats::default(),
-            iov: IovecScratch::default(),
-            tx_batch: TxBatch::default(),
+            rx_ranges: Vec::new(),
+            tx_batch_scratch: Vec::new(),
             rx_extra_used: Vec::new(),
             host_router: None,
             events: None,
             limits: None,
         }
+    }
+
+    /// Where the device registers its fds (the worker's epoll set); starts watching the hybrid
+    /// listener. Events whose token [`interests::is_device_token`] go to [`Self::handle_event`].
+    pub fn attach_events(&mut self, registry: Box<dyn EventRegistry>) -> io::Result<()> {
+        self.interests.attach(registry);
+        self.interests.watch_listener(self.hybrid.as_raw_fd())
     }
 
     /// Attaches a control plane: routing of guest connections and connection events.
@@ -222,7 +215,7 @@ impl VsockDevice {
             .iter()
             .map(|c| ConnSnapshot {
                 key: c.key,
-                state: c.state,
+                state: c.state.state(),
                 host_initiated: c.host_initiated,
                 via_service: c.via_service,
                 bytes_from_guest: c.bytes_from_guest,
@@ -247,19 +240,18 @@ impl VsockDevice {
     }
 
     /// The control plane answered where a guest connection goes.
-    pub fn apply_route(&mut self, key: ConnKey, route: HostRoute, ep: &Epoll) {
+    pub fn apply_route(&mut self, key: ConnKey, route: HostRoute) {
         let Some(slot) = self.conns.slot_of(&key) else {
             return;
         };
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if !conn.route_pending {
+        if !conn.state.route_answered() {
             return;
         }
-        conn.route_pending = false;
         match route {
-            HostRoute::Unix => self.retry_host_connect(slot, ep),
+            HostRoute::Unix => self.retry_host_connect(slot),
             HostRoute::Deny(reason) => {
                 crate::log_limited!(
                     Info,
@@ -276,7 +268,7 @@ impl VsockDevice {
                 };
                 let ok = unix::socket_type(&sock).is_ok_and(|t| t == want)
                     && sock.set_nonblocking(true).is_ok();
-                if !ok || !self.watch_host(ep, &sock, slot, ControlOperation::Add) {
+                if !ok || !self.watch_host(&sock, slot, false) {
                     self.reset_conn_because(slot, "the host service's socket has the wrong type");
                     return;
                 }
@@ -294,7 +286,7 @@ impl VsockDevice {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        conn.state = State::Established;
+        conn.state.establish();
         let (key, k, hi, vs) = (conn.key, conn.kind, conn.host_initiated, conn.via_service);
         if !hi {
             self.queue_control(self.ends(key), k, Op::Response, 0);
@@ -310,20 +302,10 @@ impl VsockDevice {
         if conn.host_initiated {
             self.host_initiated_open = self.host_initiated_open.saturating_sub(1);
         }
-        if self.tx_batch.slot == Some(slot) {
-            // The connection is gone: its batched bytes have nowhere to go.
-            self.tx_batch.slot = None;
-            self.tx_batch.bytes = 0;
-            self.tx_batch.iov.0.clear();
-        }
         if let Some(ev) = &self.events {
             ev.closed(conn.key, reason);
         }
         Some(conn)
-    }
-
-    pub fn hybrid_listener(&self) -> &std::os::unix::net::UnixListener {
-        &self.hybrid
     }
 
     pub fn connection_count(&self) -> usize {
@@ -415,8 +397,7 @@ impl VsockDevice {
     fn reset_conn_because(&mut self, slot: u32, reason: &str) {
         if let Some(conn) = self.remove_conn(slot, reason) {
             let ends = self.ends(conn.key);
-            let request_may_wait =
-                conn.host_initiated && matches!(conn.state, State::LocalInit { .. });
+            let request_may_wait = conn.host_initiated && conn.state.is_local_init();
             if request_may_wait && self.unqueue_request(ends) {
                 // The guest never saw this connection: nothing to reset, and no stale REQUEST
                 // piles up while the guest posts no rx buffers.
@@ -453,20 +434,7 @@ fn host_ends(guest_cid: u64, key: ConnKey) -> Endpoints {
     }
 }
 
-/// Guest → host payloads of one stream connection gathered during a tx pass, sent with one
-/// `sendmsg` (a 4 KiB-write workload otherwise costs one syscall and one host wake-up per
-/// packet). The iovecs point into guest buffers whose chains are held until the pass ends.
-#[derive(Default)]
-struct TxBatch {
-    slot: Option<u32>,
-    bytes: usize,
-    iov: IovecScratch,
-}
-
-/// Reusable iovec storage for one `readv`/`writev` at a time.
-#[derive(Default)]
-struct IovecScratch(Vec<libc::iovec>);
-
-// SAFETY: the pointers are only written and used within one call on the owning thread; they are
-// never dereferenced after the call that filled them, so moving the (stale) storage is harmless.
-unsafe impl Send for IovecScratch {}
+#[cfg(test)]
+mod test_guest;
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,17 @@
 //! The rx and event queues: control packets, sibling packets and host data to the guest.
 
-use super::*;
+use std::io;
+use std::time::Instant;
+
+use super::socket_io::{read_host_message, read_stream};
+use super::{host_ends, Control, Rings, VsockDevice, MAX_PKT_PAYLOAD, MAX_RX_GATHER};
+use crate::iotlb::DeviceMemory;
+use crate::virtio::{EVENT_QUEUE, EVENT_TRANSPORT_RESET, RX_QUEUE};
+use crate::virtqueue::chain::ChainBuffers;
+use crate::virtqueue::vring::Vring;
+use crate::vsock::connection::Connection;
+use crate::vsock::packet::{seq, Op, PacketHeader, HEADER_SIZE};
+use crate::vsock::status::ConnKey;
 
 impl VsockDevice {
     // ----- rx: device → guest ------------------------------------------------------------------
@@ -158,8 +169,7 @@ impl VsockDevice {
                 continue;
             }
             if conn.credit.peer_free() == 0 {
-                if !conn.credit_requested {
-                    conn.credit_requested = true;
+                if conn.credit.should_request() {
                     let (key, k) = (conn.key, conn.kind);
                     self.queue_control(self.ends(key), k, Op::CreditRequest, 0);
                 }
@@ -235,7 +245,7 @@ impl VsockDevice {
             let chains: Vec<&ChainBuffers> = std::iter::once(chain)
                 .chain(extra.iter().map(|e| &e.0))
                 .collect();
-            let result = read_stream(conn, &chains, &caps, mem, &mut self.iov.0);
+            let result = read_stream(conn, &chains, &caps, mem, &mut self.rx_ranges);
             let total: usize = caps.iter().sum();
             // Chains the read did not reach go back to the ring, last popped first.
             let reached = match &result {
@@ -256,14 +266,14 @@ impl VsockDevice {
             }
             match result {
                 Ok(0) => {
-                    conn.host_eof = true;
+                    conn.state.host_read_eof();
                     return self.after_empty_read(slot);
                 }
                 Ok(n) => {
                     // A stream read returns less than asked only when the socket is drained;
                     // the next arrival raises a new edge, so skip the EAGAIN read. Not after a
                     // hang-up was signalled: the EOF behind the data has no edge of its own.
-                    if n < total && !conn.host_rdhup && !conn.host_hup {
+                    if n < total && !conn.state.host_hang_up_seen() {
                         conn.host_readable = false;
                     }
                     // Headers of the extra chains now; they go to the used ring right after the
@@ -301,23 +311,8 @@ impl VsockDevice {
     /// The host socket had nothing: EAGAIN (wait for the next edge) or EOF (tell the guest).
     pub(super) fn after_empty_read(&mut self, slot: u32) -> Option<usize> {
         let conn = self.conns.get_mut(slot)?;
-        if !conn.host_eof {
-            conn.host_readable = false;
-            return None;
-        }
         conn.host_readable = false;
-        let flags = if conn.host_hup {
-            shutdown::BOTH
-        } else {
-            shutdown::SEND
-        };
-        if conn.host_shut_sent & flags != flags {
-            conn.host_shut_sent |= flags;
-            if flags == shutdown::BOTH {
-                conn.state = State::Closing {
-                    since: Instant::now(),
-                };
-            }
+        if let Some(flags) = conn.state.eof_to_tell(Instant::now()) {
             let (key, k) = (conn.key, conn.kind);
             self.queue_control(self.ends(key), k, Op::Shutdown, flags);
         }

@@ -9,7 +9,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::*;
+use super::VsockDevice;
+use crate::host::sibling::Delivery;
+use crate::vsock::packet::{PacketHeader, HEADER_SIZE};
 
 /// Packets parked per destination VM.
 pub const MAX_PARKED_PACKETS: usize = 2048;

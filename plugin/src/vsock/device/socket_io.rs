@@ -1,7 +1,16 @@
 //! Moving bytes between host sockets and guest buffers: vectored I/O straight from and into
 //! guest memory (no copy), and whole SEQPACKET messages.
 
-use super::*;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use vm_memory::GuestAddress;
+
+use crate::iotlb::DeviceMemory;
+use crate::virtqueue::chain::ChainBuffers;
+use crate::virtqueue::guest_io;
+use crate::vsock::connection::Connection;
+use crate::vsock::packet::{seq, HEADER_SIZE};
 
 /// Guest → host stream data that cannot go to the socket now (data queued ahead, or the socket
 /// is full): copied into the connection's queue, flushed on the next EPOLLOUT.
@@ -20,28 +29,6 @@ pub(super) fn queue_stream(
     Ok(())
 }
 
-/// `writev` via `sendmsg(MSG_NOSIGNAL)`.
-///
-/// # Safety
-/// Every iovec must describe readable memory that stays valid for the call.
-pub(super) unsafe fn writev_nosignal(fd: i32, iov: &[libc::iovec]) -> io::Result<usize> {
-    // SAFETY: zeroed msghdr is valid; iov is valid per the caller.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = iov.len() as _;
-    loop {
-        // SAFETY: msg references valid iovecs.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// Host → guest stream data: one `readv` straight into the payload areas (after the header) of
 /// `chains`, at most `caps[i]` bytes into chain `i`, in order.
 pub(super) fn read_stream(
@@ -49,31 +36,19 @@ pub(super) fn read_stream(
     chains: &[&ChainBuffers],
     caps: &[usize],
     mem: &DeviceMemory,
-    iov: &mut Vec<libc::iovec>,
+    ranges: &mut Vec<(GuestAddress, usize)>,
 ) -> io::Result<usize> {
     let Some(sock) = conn.host.as_ref() else {
         return Ok(0);
     };
-    iov.clear();
-    let mut piece = Vec::new();
+    ranges.clear();
     for (chain, &cap) in chains.iter().zip(caps) {
         chain
             .writable
-            .iovecs(mem, HEADER_SIZE, cap, Permissions::Write, &mut piece)
+            .ranges(HEADER_SIZE, cap, ranges)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        iov.extend_from_slice(&piece);
     }
-    loop {
-        // SAFETY: the iovecs describe writable guest memory kept mapped by `mem` for this call.
-        let n = unsafe { libc::readv(sock.as_raw_fd(), iov.as_ptr(), iov.len().min(1024) as i32) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    guest_io::recv_into_guest(sock.as_raw_fd(), mem, ranges)
 }
 
 /// Host → guest SEQPACKET: takes one whole message into `rx_pending` (sent as one or more RW
@@ -102,7 +77,7 @@ pub(super) fn read_host_message(conn: &mut Connection) -> io::Result<()> {
     }
     let n = n as usize;
     if n == 0 {
-        conn.host_eof = true;
+        conn.state.host_read_eof();
         return Ok(());
     }
     if n > buf.len() {
@@ -114,24 +89,4 @@ pub(super) fn read_host_message(conn: &mut Connection) -> io::Result<()> {
     conn.rx_pending.extend(&buf[..n]);
     conn.rx_pending_eom = seq::EOM | seq::EOR;
     Ok(())
-}
-
-/// The bytes of `iov` after the first `skip`, copied out.
-///
-/// # Safety
-/// Every iovec must describe readable memory that is valid for the call.
-pub(super) unsafe fn copy_from_iovecs(iov: &[libc::iovec], mut skip: usize) -> Vec<u8> {
-    let total: usize = iov.iter().map(|v| v.iov_len).sum();
-    let mut out = Vec::with_capacity(total.saturating_sub(skip));
-    for v in iov {
-        if skip >= v.iov_len {
-            skip -= v.iov_len;
-            continue;
-        }
-        // SAFETY: per the function's contract, iov_base..iov_base+iov_len is readable.
-        let bytes = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
-        out.extend_from_slice(&bytes[skip..]);
-        skip = 0;
-    }
-    out
 }

@@ -1,6 +1,24 @@
 //! The tx queue: packets from the guest, to host connections or sibling VMs.
 
-use super::*;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use vm_memory::GuestAddress;
+
+use super::socket_io::queue_stream;
+use super::{
+    Rings, VsockDevice, CONTROL_BACKLOG, MAX_BATCH_BYTES, MAX_HELD_CHAINS, MAX_PKT_PAYLOAD,
+};
+use crate::host::unix::{self, Connect};
+use crate::iotlb::DeviceMemory;
+use crate::virtio::TX_QUEUE;
+use crate::virtqueue::chain::ChainBuffers;
+use crate::virtqueue::guest_io;
+use crate::vsock::connection::Connection;
+use crate::vsock::csm::ConnState;
+use crate::vsock::packet::{kind, seq, Op, PacketHeader, HEADER_SIZE, HOST_CID};
+use crate::vsock::status::ConnKey;
 
 impl VsockDevice {
     // ----- tx: guest → device ------------------------------------------------------------------
@@ -9,14 +27,20 @@ impl VsockDevice {
     ///
     /// Used-ring entries of a pass are returned at its end: until then the guest does not reuse
     /// those buffers, which lets consecutive RW packets of one connection go to the host socket
-    /// in a single `sendmsg` straight from guest memory (see [`TxBatch`]).
-    pub fn process_tx(&mut self, rings: &mut Rings, ep: &Epoll) {
+    /// in a single `sendmsg` straight from guest memory (see `TxBatch`).
+    pub fn process_tx(&mut self, rings: &mut Rings) {
         self.drain_parked();
         let mem = rings.mem;
+        // The batch names guest buffers of chains in `heads`: every path that hands those chains
+        // back to the guest (return_tx_chains) flushes it first, so it never outlives them.
+        let mut batch = TxBatch {
+            ranges: std::mem::take(&mut self.tx_batch_scratch),
+            ..TxBatch::default()
+        };
         loop {
             let tx = &mut rings.vrings[TX_QUEUE];
             if !tx.is_ready() {
-                return;
+                break;
             }
             tx.disable_notification(mem);
             self.tx_paused = false;
@@ -27,79 +51,87 @@ impl VsockDevice {
                     break;
                 }
                 if heads.len() >= MAX_HELD_CHAINS {
-                    self.return_tx_chains(rings, &mut heads);
+                    self.return_tx_chains(rings, &mut heads, &mut batch);
                 }
                 let Some(chain) = rings.vrings[TX_QUEUE].pop(mem) else {
                     break;
                 };
-                self.handle_tx_chain(&chain, mem, ep);
+                self.handle_tx_chain(&chain, mem, &mut batch);
                 heads.push(chain.head);
             }
             let used_any = !heads.is_empty();
-            self.return_tx_chains(rings, &mut heads);
+            self.return_tx_chains(rings, &mut heads, &mut batch);
             let tx = &mut rings.vrings[TX_QUEUE];
             if used_any {
                 tx.notify(mem);
             }
             if self.tx_paused || !tx.enable_notification(mem) {
-                return;
+                break;
             }
         }
+        self.tx_batch_scratch = batch.ranges;
     }
 
     /// Sends what is batched, then hands the chains of this pass back to the guest.
-    fn return_tx_chains(&mut self, rings: &mut Rings, heads: &mut Vec<u16>) {
-        self.flush_tx_batch();
+    fn return_tx_chains(&mut self, rings: &mut Rings, heads: &mut Vec<u16>, batch: &mut TxBatch) {
+        self.flush_tx_batch(batch, rings.mem);
         for head in heads.drain(..) {
             rings.vrings[TX_QUEUE].add_used(rings.mem, head, 0);
         }
     }
 
-    /// Writes the batched payloads with one `sendmsg`; what the socket does not take is copied
-    /// into the connection's queue (the guest buffers are about to be returned).
-    pub(super) fn flush_tx_batch(&mut self) {
-        let Some(slot) = self.tx_batch.slot.take() else {
+    /// Writes the batched payloads with one `sendmsg`, straight from the guest buffers; what
+    /// the socket does not take is copied into the connection's queue (the buffers are about to
+    /// be returned). A batch whose connection ended (or whose slot holds a newer connection) is
+    /// dropped: its bytes have nowhere to go.
+    fn flush_tx_batch(&mut self, batch: &mut TxBatch, mem: &DeviceMemory) {
+        let Some((slot, generation)) = batch.target.take() else {
             return;
         };
-        let bytes = std::mem::take(&mut self.tx_batch.bytes);
-        let iov = std::mem::take(&mut self.tx_batch.iov.0);
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        let result = match conn.host.as_ref() {
-            // SAFETY: the iovecs point into guest buffers of chains not yet returned to the guest,
-            // in memory kept mapped for this pass (see process_tx).
-            Some(sock) => unsafe { writev_nosignal(sock.as_raw_fd(), &iov) },
-            None => Ok(0),
-        };
-        let done = match result {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => {
+        let bytes = std::mem::take(&mut batch.bytes);
+        let ranges = std::mem::take(&mut batch.ranges);
+        let alive = self.conns.generation(slot) == generation;
+        if let Some(conn) = self.conns.get_mut(slot).filter(|_| alive) {
+            let result = match conn.host.as_ref() {
+                // Bytes queued ahead (an earlier flush the socket did not take whole) go first.
+                Some(_) if !conn.tx_queue.is_empty() => Ok(0),
+                Some(sock) => guest_io::send_from_guest(sock.as_raw_fd(), mem, &ranges),
+                None => Ok(0),
+            };
+            let queued = match result {
+                Ok(done) => {
+                    conn.credit.fwd_cnt = conn.credit.fwd_cnt.wrapping_add(done as u32);
+                    if done < bytes {
+                        conn.host_writable = false;
+                        guest_io::copy_from_guest(mem, &ranges, done)
+                            .map(|rest| conn.tx_queue.push(rest))
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.host_writable = false;
+                    guest_io::copy_from_guest(mem, &ranges, 0).map(|rest| conn.tx_queue.push(rest))
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = queued {
                 crate::log_limited!(Info, "host side of {:?} failed: {e}; reset", conn.key);
                 self.reset_conn(slot);
-                return;
+            } else if conn.credit.update_worthwhile() {
+                let (key, k) = (conn.key, conn.kind);
+                self.queue_credit_update(slot, key, k);
             }
-        };
-        conn.credit.fwd_cnt = conn.credit.fwd_cnt.wrapping_add(done as u32);
-        if done < bytes {
-            conn.host_writable = false;
-            // SAFETY: as above; the copy reads only within the iovecs.
-            conn.tx_queue.push(unsafe { copy_from_iovecs(&iov, done) });
         }
-        self.tx_batch.iov.0 = iov;
-        self.tx_batch.iov.0.clear();
-        if conn.credit.update_worthwhile() {
-            let (key, k) = (conn.key, conn.kind);
-            self.queue_credit_update(slot, key, k);
-        }
+        batch.ranges = ranges;
+        batch.ranges.clear();
     }
 
     pub fn tx_paused(&self) -> bool {
         self.tx_paused
     }
 
-    pub(super) fn handle_tx_chain(&mut self, chain: &ChainBuffers, mem: &DeviceMemory, ep: &Epoll) {
+    fn handle_tx_chain(&mut self, chain: &ChainBuffers, mem: &DeviceMemory, batch: &mut TxBatch) {
         self.stats.tx_packets += 1;
         let mut raw = [0u8; HEADER_SIZE];
         if chain.readable.len() < HEADER_SIZE || chain.readable.read_at(mem, 0, &mut raw).is_err() {
@@ -153,7 +185,7 @@ impl VsockDevice {
         }
         match hdr.dst_cid() {
             HOST_CID => {
-                self.handle_host_packet(&hdr, op, chain, mem, ep);
+                self.handle_host_packet(&hdr, op, chain, mem, batch);
             }
             dst => {
                 let mut packet = vec![0u8; HEADER_SIZE + len];
@@ -182,13 +214,13 @@ impl VsockDevice {
         self.reply_rst(hdr);
     }
 
-    pub(super) fn handle_host_packet(
+    fn handle_host_packet(
         &mut self,
         hdr: &PacketHeader,
         op: Op,
         chain: &ChainBuffers,
         mem: &DeviceMemory,
-        ep: &Epoll,
+        batch: &mut TxBatch,
     ) {
         let key = ConnKey {
             host_port: hdr.dst_port(),
@@ -196,7 +228,7 @@ impl VsockDevice {
         };
         let Some(slot) = self.conns.slot_of(&key) else {
             match op {
-                Op::Request => self.guest_connect(hdr, key, ep),
+                Op::Request => self.guest_connect(hdr, key),
                 Op::Rst => {}
                 _ => {
                     crate::log_limited!(Debug, "{op:?} for unknown connection {key:?}; reset");
@@ -205,9 +237,9 @@ impl VsockDevice {
             }
             return;
         };
-        if op != Op::Rw && self.tx_batch.slot == Some(slot) {
+        if op != Op::Rw && batch.target.is_some_and(|(s, _)| s == slot) {
             // Keep the order: batched data goes out before a SHUTDOWN, RST or anything else.
-            self.flush_tx_batch();
+            self.flush_tx_batch(batch, mem);
         }
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
@@ -218,16 +250,13 @@ impl VsockDevice {
             return;
         }
         conn.credit.update_from_peer(hdr.buf_alloc(), hdr.fwd_cnt());
-        if conn.credit.peer_free() > 0 {
-            conn.credit_requested = false;
-        }
         match op {
             Op::Request => {
                 crate::log_limited!(Warn, "duplicate REQUEST for {key:?}; reset");
                 self.reset_conn(slot);
             }
             Op::Response => self.guest_accepted(slot),
-            Op::Rw => self.guest_data(slot, hdr, chain, mem),
+            Op::Rw => self.guest_data(slot, hdr, chain, mem, batch),
             Op::CreditUpdate => {}
             Op::CreditRequest => {
                 let k = conn.kind;
@@ -243,7 +272,7 @@ impl VsockDevice {
         self.mark_rx(slot);
     }
 
-    pub(super) fn guest_connect(&mut self, hdr: &PacketHeader, key: ConnKey, ep: &Epoll) {
+    pub(super) fn guest_connect(&mut self, hdr: &PacketHeader, key: ConnKey) {
         if self.conns.len() >= self.cfg.max_connections {
             crate::log_limited!(
                 Warn,
@@ -284,24 +313,22 @@ impl VsockDevice {
         let mut conn = Connection::new(
             key,
             hdr.kind(),
-            State::PeerInit {
-                since: Instant::now(),
-            },
+            // With a control plane the route is asked for first (answered in apply_route).
+            ConnState::peer_init(Instant::now(), self.host_router.is_some()),
             None,
             buf_alloc,
         );
         conn.credit.update_from_peer(hdr.buf_alloc(), hdr.fwd_cnt());
-        conn.route_pending = self.host_router.is_some();
         let slot = self.conns.insert(conn);
         self.stats.connections_opened += 1;
         match &self.host_router {
             Some(router) => router.request(key),
-            None => self.retry_host_connect(slot, ep),
+            None => self.retry_host_connect(slot),
         }
     }
 
     /// Connects a guest-initiated connection to `<uds-path>_<port>`.
-    pub(super) fn retry_host_connect(&mut self, slot: u32, ep: &Epoll) {
+    pub(super) fn retry_host_connect(&mut self, slot: u32) {
         let Some(conn) = self.conns.get(slot) else {
             return;
         };
@@ -323,7 +350,7 @@ impl VsockDevice {
                     self.refuse_own_socket(slot, &path);
                     return;
                 }
-                if !self.watch_host(ep, &sock, slot, ControlOperation::Add) {
+                if !self.watch_host(&sock, slot, false) {
                     self.reset_conn(slot);
                     return;
                 }
@@ -360,7 +387,7 @@ impl VsockDevice {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if !matches!(conn.state, State::LocalInit { .. }) {
+        if !conn.state.is_local_init() {
             crate::log_limited!(Warn, "unexpected RESPONSE for {:?}; reset", conn.key);
             self.reset_conn(slot);
             return;
@@ -378,18 +405,20 @@ impl VsockDevice {
         self.established(slot);
     }
 
-    pub(super) fn guest_data(
+    fn guest_data(
         &mut self,
         slot: u32,
         hdr: &PacketHeader,
         chain: &ChainBuffers,
         mem: &DeviceMemory,
+        batch: &mut TxBatch,
     ) {
         let len = hdr.len() as usize;
+        let target = (slot, self.conns.generation(slot));
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if !conn.is_established() && !matches!(conn.state, State::Closing { .. }) {
+        if !conn.is_established() && !conn.state.is_closing() {
             crate::log_limited!(
                 Warn,
                 "RW before the connection {:?} was established; reset",
@@ -398,7 +427,7 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
-        if conn.guest_shut & shutdown::SEND != 0 || conn.host_hup {
+        if !conn.state.guest_may_send() {
             crate::log_limited!(Info, "data on {:?} after shutdown; reset", conn.key);
             self.reset_conn(slot);
             return;
@@ -411,24 +440,16 @@ impl VsockDevice {
         }
         if !conn.is_seqpacket() && conn.tx_queue.is_empty() && conn.host_writable && len > 0 {
             // Straight from guest memory, gathered with the connection's previous packets.
-            if self.tx_batch.slot.is_some_and(|s| s != slot)
-                || self.tx_batch.bytes + len > MAX_BATCH_BYTES
-            {
-                self.flush_tx_batch();
+            if batch.target.is_some_and(|t| t != target) || batch.bytes + len > MAX_BATCH_BYTES {
+                self.flush_tx_batch(batch, mem);
             }
-            let mut piece = Vec::new();
-            if let Err(e) =
-                chain
-                    .readable
-                    .iovecs(mem, HEADER_SIZE, len, Permissions::Read, &mut piece)
-            {
+            if let Err(e) = chain.readable.ranges(HEADER_SIZE, len, &mut batch.ranges) {
                 crate::log_limited!(Warn, "tx payload of {slot} unreadable: {e}; reset");
                 self.reset_conn(slot);
                 return;
             }
-            self.tx_batch.slot = Some(slot);
-            self.tx_batch.bytes += len;
-            self.tx_batch.iov.0.extend_from_slice(&piece);
+            batch.target = Some(target);
+            batch.bytes += len;
             return;
         }
         let result = if conn.is_seqpacket() {
@@ -461,19 +482,28 @@ impl VsockDevice {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        conn.guest_shut |= flags & shutdown::BOTH;
-        if conn.guest_shut == shutdown::BOTH {
+        if conn.state.guest_shutdown(flags) {
             // The guest is closing: flush what we hold, then RST to complete its close.
             let _ = conn.flush_tx();
             if conn.tx_queue.is_empty() {
                 self.reset_conn(slot);
             } else {
-                conn.state = State::Closing {
-                    since: Instant::now(),
-                };
+                conn.state.start_closing(Instant::now());
             }
         } else {
             conn.propagate_guest_shutdown();
         }
     }
+}
+
+/// Guest → host payloads of one stream connection gathered during a tx pass, sent with one
+/// `sendmsg` (a 4 KiB-write workload otherwise costs one syscall and one host wake-up per
+/// packet). It names guest buffers by address only; they stay the guest's until
+/// [`VsockDevice::process_tx`] returns their chains, which it does only after flushing.
+#[derive(Default)]
+struct TxBatch {
+    /// (slot, generation) of the connection the bytes belong to.
+    target: Option<(u32, u32)>,
+    bytes: usize,
+    ranges: Vec<(GuestAddress, usize)>,
 }
