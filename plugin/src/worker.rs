@@ -19,7 +19,7 @@ use crate::vhost_user::features::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET
 use crate::vhost_user::listener::FrontendListener;
 use crate::vhost_user::session::{FrontendSession, SessionConfig};
 use crate::vhost_user::slot;
-use crate::vsock::device::{Rings, VsockDevice};
+use crate::vsock::device::{Rings, VsockDevice, DATAPATH_LOG};
 use vsock_plugin_ipc::proto::control::DeviceState;
 
 /// Epoll tokens: small constants for the fixed fds; host sockets carry their slot in the low
@@ -318,7 +318,9 @@ impl VmWorker {
                     .and_then(|s| s.vring(q))
                     .and_then(|v| v.kick_fd())
                 {
-                    let _ = fd.read();
+                    // The counter is the number of guest kicks since the last read.
+                    let kicks = fd.read().unwrap_or(0);
+                    log::trace!(target: DATAPATH_LOG, "kick q={q} n={kicks}");
                 }
             }
             Token::HybridListener => self.device.accept_clients(&self.epoll),

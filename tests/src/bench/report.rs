@@ -103,6 +103,22 @@ fn rows() -> Vec<Row> {
             Target::None,
         ),
         r(
+            "g2h throughput, Linux-pattern driver, paced (MB/s)",
+            Figure::G2hLinux,
+            "mbps",
+            0,
+            true,
+            Target::None,
+        ),
+        r(
+            "h2g throughput, Linux-pattern driver, paced (MB/s)",
+            Figure::H2gLinux,
+            "mbps",
+            0,
+            true,
+            Target::None,
+        ),
+        r(
             "round trip 64 B, host echo, p50 (µs)",
             Figure::RttHostEcho,
             "p50_us",
@@ -130,6 +146,14 @@ fn rows() -> Vec<Row> {
             "round trip 64 B, guest echo, p99 (µs)",
             Figure::RttGuestEcho,
             "p99_us",
+            1,
+            false,
+            Target::Ref(0.7),
+        ),
+        r(
+            "round trip 64 B, guest echo, Linux-pattern driver, p50 (µs)",
+            Figure::RttGuestEchoLinux,
+            "p50_us",
             1,
             false,
             Target::Ref(0.7),
@@ -199,6 +223,22 @@ fn rows() -> Vec<Row> {
             Target::None,
         ),
         r(
+            "backend CPU s/GiB, g2h Linux-pattern driver",
+            Figure::G2hLinux,
+            "backend_cpu_gib",
+            2,
+            false,
+            Target::Ref(0.5),
+        ),
+        r(
+            "backend CPU s/GiB, h2g Linux-pattern driver",
+            Figure::H2gLinux,
+            "backend_cpu_gib",
+            2,
+            false,
+            Target::Ref(0.5),
+        ),
+        r(
             "backend CPU s/GiB, g2h 64 KiB paged",
             Figure::G2hPaged,
             "backend_cpu_gib",
@@ -221,6 +261,14 @@ fn rows() -> Vec<Row> {
             1,
             false,
             Target::None,
+        ),
+        r(
+            "backend CPU µs per round trip (guest echo, Linux-pattern driver)",
+            Figure::RttGuestEchoLinux,
+            "backend_cpu_us_per_rtt",
+            1,
+            false,
+            Target::Ref(0.6),
         ),
     ];
     let mut hwm = r(
@@ -394,6 +442,8 @@ pub fn driver_table(res: &Results, subjects: &[Subject]) -> String {
         Figure::H2g(4096),
         Figure::H2g(65536),
         Figure::G2hPaged,
+        Figure::G2hLinux,
+        Figure::H2gLinux,
     ] {
         for &s in subjects {
             if !res.contains_key(&(fig, s)) {
@@ -453,8 +503,10 @@ pub fn raw(res: &Results, subjects: &[Subject], figures: &[Figure]) -> String {
             | Figure::H2g(_)
             | Figure::G2hPaged
             | Figure::G2hIotlb
-            | Figure::H2gIotlb => "mbps",
-            Figure::RttHostEcho | Figure::RttGuestEcho => "p50_us",
+            | Figure::H2gIotlb
+            | Figure::G2hLinux
+            | Figure::H2gLinux => "mbps",
+            Figure::RttHostEcho | Figure::RttGuestEcho | Figure::RttGuestEchoLinux => "p50_us",
             Figure::Setup => "conn_per_s",
             Figure::SiblingConnect => "p50_us",
             Figure::Rss => "hwm_kib",

@@ -12,14 +12,19 @@ use super::util::{loadavg, machine, raise_nofile, utc_now, Pattern};
 
 const USAGE: &str = "\
 usage: vsock-bench [--quick] [--rounds N] [--subjects plugin,reference,socketpair]
-                   [--figures NAME,...] [--bytes MIB]
+                   [--figures NAME,...] [--bytes MIB] [--driver batch|linux|both]
 
   --quick          1 round, 32 MiB per throughput figure, fewer round trips and connects
   --rounds N       rounds (default 3; 1 with --quick)
   --subjects L     comma-separated subset of plugin, reference, socketpair
   --figures L      comma-separated subset of: g2h-4k g2h-64k h2g-4k h2g-64k g2h-64k-paged
-                   rtt-host-echo rtt-guest-echo setup rss
+                   rtt-host-echo rtt-guest-echo setup sibling-connect rss
+                   g2h-linux h2g-linux rtt-guest-echo-linux
   --bytes MIB      bytes per throughput figure, in MiB
+  --driver D       guest driver: batch (many packets per kick, 64 KiB rx buffers, unpaced),
+                   linux (a real Linux 6.1 guest's pattern: a kick per packet, 4 KiB rx buffers,
+                   interrupt per completion, paced at TCG speed; figures g2h-linux h2g-linux
+                   rtt-guest-echo-linux), or both (default)
   --all-pairs      also run the reference on the paged layout, which it cannot take (it is
                    expected to stall and count as a failure)
 
@@ -97,6 +102,16 @@ fn parse(argv: &[String]) -> Result<Args, String> {
                     .filter(|&n| n > 0)
                     .ok_or("--bytes needs a positive number of MiB")?;
                 a.bytes = Some(mib << 20);
+            }
+            "--driver" => {
+                let d = value()?;
+                let keep: fn(&Figure) -> bool = match d.as_str() {
+                    "batch" => |f| !f.linux_driver(),
+                    "linux" => |f| f.linux_driver(),
+                    "both" => |_| true,
+                    _ => return Err(format!("--driver: batch, linux or both, not {d:?}")),
+                };
+                a.figures.retain(keep);
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::backend::{expand_single, Backend, VmSpec};
 use super::host;
+use super::pattern::{self, Pattern};
 use super::proto::{fill_pattern, FastSum};
 use super::qemu::{QemuConfig, Vm};
 use super::util::{file_tail, indent};
@@ -26,6 +27,9 @@ pub struct MeasureOptions {
     pub mib: u64,
     pub qemu: QemuConfig,
     pub dir: PathBuf,
+    /// Print the driver pattern of each phase from the plugin's data-path trace
+    /// ([`super::pattern`]).
+    pub pattern: bool,
 }
 
 /// Host-initiated 64-byte round trips per run (the guest echoes).
@@ -47,6 +51,8 @@ pub struct Run {
     /// Round-trip times (µs) and the backend CPU seconds over them.
     pub rtt_us: Vec<f64>,
     pub rtt_cpu_s: f64,
+    /// Data-path pattern per phase (g2h, h2g, round trips), from the backend log.
+    pub pattern: [Pattern; 3],
 }
 
 impl Run {
@@ -298,19 +304,39 @@ fn one_run(o: &MeasureOptions, backend: &str, dir: &Path) -> Result<Run, String>
         h2g_cpu_s: 0.0,
         rtt_us: Vec::new(),
         rtt_cpu_s: 0.0,
+        pattern: Default::default(),
+    };
+    // The log's length at phase boundaries: each phase's data-path lines are its own slice.
+    let at = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let add = |p: &mut Pattern, from: u64, to: u64| {
+        if o.pattern {
+            let q = Pattern::read(&log, from, to);
+            for (t, x) in [(&mut p.rx, q.rx), (&mut p.tx, q.tx)] {
+                t.kicks += x.kicks;
+                t.kick_reads += x.kick_reads;
+                t.passes += x.passes;
+                t.chains += x.chains;
+                t.payload += x.payload;
+                t.signals += x.signals;
+            }
+        }
     };
     for i in 0..o.count {
-        let a = proc_cpu(pid)?.0;
+        let (a, la) = (proc_cpu(pid)?.0, at());
         let r = g2h(&mut vm, &spec.uds, 1235 + 2 * i, bytes, 100 + i as u64).map_err(tails)?;
-        let b = proc_cpu(pid)?.0;
+        let (b, lb) = (proc_cpu(pid)?.0, at());
+        add(&mut run.pattern[0], la, lb);
         run.g2h_mbps.push(r);
         run.g2h_cpu_s += b - a;
         let r = h2g(&mut vm, &spec.uds, 5002 + 2 * i, bytes, 200 + i as u64).map_err(tails)?;
         run.h2g_cpu_s += proc_cpu(pid)?.0 - b;
+        add(&mut run.pattern[1], lb, at());
         run.h2g_mbps.push(r);
     }
     let (c1, u1) = proc_cpu(pid)?;
+    let lr = at();
     let (rtt, rtt_cpu) = round_trips(&mut vm, &spec.uds, 5100, pid).map_err(tails)?;
+    add(&mut run.pattern[2], lr, at());
     run.rtt_us = rtt;
     run.rtt_cpu_s = rtt_cpu;
     run.wall_s = t0.elapsed().as_secs_f64();
@@ -377,6 +403,17 @@ pub fn main(o: &MeasureOptions) -> bool {
                             .join("/"),
                         r.wall_s
                     );
+                    if o.pattern && r.pattern.iter().any(|p| !p.is_empty()) {
+                        println!("{}", pattern::HEADER);
+                        for (phase, p) in ["g2h bulk", "h2g bulk", "round trips"]
+                            .iter()
+                            .zip(&r.pattern)
+                        {
+                            for row in pattern::rows(phase, p) {
+                                println!("{row}");
+                            }
+                        }
+                    }
                     runs[i].push(r);
                 }
                 Err(e) => {

@@ -55,6 +55,10 @@ use socket_io::*;
 
 /// Largest payload of one packet we build (the virtio-vsock maximum, 64 KiB).
 pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;
+/// Log target of the data-path pattern lines (guest kicks, chains and payload bytes per pass,
+/// used-ring signals), at trace level: `RUST_LOG=vsock_plugin::datapath=trace` shows only these
+/// (`real-guest --measure --pattern` reads them). Off, each costs one level check.
+pub const DATAPATH_LOG: &str = "vsock_plugin::datapath";
 /// Control packets waiting for rx buffers before the tx queue pauses and host connects are
 /// refused. The queue is bounded: beyond this, only packets about existing connections are
 /// added (at most a SHUTDOWN and an RST each), and a connection whose REQUEST never left the

@@ -12,6 +12,7 @@ impl VsockDevice {
             return;
         }
         let mut used_any = false;
+        let (mut chains, mut payload) = (0usize, 0usize);
         loop {
             if self.control.is_empty() && !self.sibling.has_packets() && self.rx_ready.is_empty() {
                 break;
@@ -44,8 +45,12 @@ impl VsockDevice {
             match written {
                 Some(n) => {
                     rings.vrings[RX_QUEUE].add_used(mem, chain.head, n as u32);
+                    payload += n.saturating_sub(HEADER_SIZE);
+                    chains += 1;
                     for (head, len) in self.rx_extra_used.drain(..) {
                         rings.vrings[RX_QUEUE].add_used(mem, head, len);
+                        payload += (len as usize).saturating_sub(HEADER_SIZE);
+                        chains += 1;
                         self.stats.rx_packets += 1;
                     }
                     self.stats.rx_packets += 1;
@@ -63,7 +68,9 @@ impl VsockDevice {
             }
         }
         if used_any {
-            rings.vrings[RX_QUEUE].notify(mem);
+            let signalled = rings.vrings[RX_QUEUE].notify(mem);
+            log::trace!(target: DATAPATH_LOG,
+                "rx pass chains={chains} payload={payload} signal={}", signalled as u8);
         }
     }
 

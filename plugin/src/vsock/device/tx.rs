@@ -21,6 +21,7 @@ impl VsockDevice {
             tx.disable_notification(mem);
             self.tx_paused = false;
             let mut heads: Vec<u16> = Vec::new();
+            let (mut chains, mut payload) = (0usize, 0usize);
             loop {
                 if self.control.len() >= CONTROL_BACKLOG {
                     self.tx_paused = true;
@@ -33,13 +34,16 @@ impl VsockDevice {
                     break;
                 };
                 self.handle_tx_chain(&chain, mem, ep);
+                chains += 1;
+                payload += chain.readable.len().saturating_sub(HEADER_SIZE);
                 heads.push(chain.head);
             }
-            let used_any = !heads.is_empty();
             self.return_tx_chains(rings, &mut heads);
             let tx = &mut rings.vrings[TX_QUEUE];
-            if used_any {
-                tx.notify(mem);
+            if chains > 0 {
+                let signalled = tx.notify(mem);
+                log::trace!(target: DATAPATH_LOG,
+                    "tx pass chains={chains} payload={payload} signal={}", signalled as u8);
             }
             if self.tx_paused || !tx.enable_notification(mem) {
                 return;
