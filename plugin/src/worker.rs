@@ -312,6 +312,12 @@ impl VmWorker {
             }
             Token::Frontend => self.serve_frontend(),
             Token::Kick(q) => {
+                // Kick fds are edge-triggered: every guest kick (eventfd write) is a new edge, so
+                // the counter need not be read (vhost does not read it either); one read per
+                // kick was a syscall per guest packet. Read only to trace how many kicks came.
+                if !log::log_enabled!(target: DATAPATH_LOG, log::Level::Trace) {
+                    return;
+                }
                 if let Some(fd) = self
                     .session
                     .as_ref()
@@ -339,8 +345,14 @@ impl VmWorker {
             .is_some_and(|v| v.is_ready())
     }
 
-    /// Moves data: tx, then rx, then tx again if rx made room, then the event queue.
+    /// Moves data, then watches for writability exactly the host sockets that now need it.
     fn pump(&mut self) {
+        self.move_data();
+        self.device.sync_host_interest(&self.epoll);
+    }
+
+    /// Tx, then rx, then tx again if rx made room, then the event queue.
+    fn move_data(&mut self) {
         let running = self.running();
         self.device.set_running(running);
         let Some(session) = self.session.as_mut() else {
@@ -548,10 +560,11 @@ impl VmWorker {
                 .and_then(|v| v.kick_fd())
                 .map(|k| k.as_raw_fd());
             if let Some(fd) = fd {
+                let ev = EventSet::IN | EventSet::EDGE_TRIGGERED;
                 match self.epoll.ctl(
                     ControlOperation::Add,
                     fd,
-                    EpollEvent::new(EventSet::IN, Token::Kick(q).encode()),
+                    EpollEvent::new(ev, Token::Kick(q).encode()),
                 ) {
                     Ok(()) => self.kicks[q] = Some(fd),
                     Err(e) => log::warn!("[{}] cannot watch kick fd of queue {q}: {e}", self.name),

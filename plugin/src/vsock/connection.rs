@@ -188,6 +188,9 @@ pub struct Connection {
     pub host_readable: bool,
     /// The host socket may accept data.
     pub host_writable: bool,
+    /// EPOLLOUT is in the socket's epoll interest: exactly while `host_writable` is false (see
+    /// `VsockDevice::sync_host_interest`).
+    pub out_watched: bool,
     /// The host end sent EOF (half-close or full close).
     pub host_eof: bool,
     /// The host end is gone in both directions (HUP).
@@ -237,6 +240,7 @@ impl Connection {
             rx_pending_eom: 0,
             host_readable: false,
             host_writable: true,
+            out_watched: false,
             host_eof: false,
             host_hup: false,
             host_rdhup: false,

@@ -244,6 +244,8 @@ impl VsockDevice {
         None
     }
 
+    /// Watches a new host socket: readable, read hang-up; writable only once a write came up
+    /// short (see [`Self::sync_host_interest`]).
     pub(super) fn watch_host(
         &self,
         ep: &Epoll,
@@ -251,17 +253,29 @@ impl VsockDevice {
         slot: u32,
         op: ControlOperation,
     ) -> bool {
-        let ev = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        let res = ep.ctl(
-            op,
-            sock.as_raw_fd(),
-            EpollEvent::new(ev, token::host_conn(slot)),
-        );
-        if let Err(e) = res {
-            crate::log_limited!(Warn, "cannot watch host socket: {e}");
-            return false;
+        host_interest(ep, sock, slot, op, false)
+    }
+
+    /// Brings the EPOLLOUT interest of the connections noted this round in line with their
+    /// state: watched exactly while a write came up short (`host_writable` false). A writable
+    /// Unix socket reports EPOLLOUT every time its reader frees space, so watching it always
+    /// cost one extra wake-up per guest packet under a steady stream.
+    pub fn sync_host_interest(&mut self, ep: &Epoll) {
+        for slot in std::mem::take(&mut self.out_dirty) {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            let want = !conn.host_writable;
+            let Some(sock) = conn.host.as_ref() else {
+                continue;
+            };
+            if want != conn.out_watched
+                && host_interest(ep, sock, slot, ControlOperation::Modify, want)
+            {
+                // Added with EPOLLET, the socket's current writability is reported at once.
+                conn.out_watched = want;
+            }
         }
-        true
     }
 
     /// Readiness of a connection's host socket changed.
@@ -282,6 +296,7 @@ impl VsockDevice {
         }
         if events.contains(EventSet::OUT) {
             conn.host_writable = true;
+            self.out_dirty.push(slot);
         }
         // Host closed outright after an earlier half-close: the guest must learn RCV too.
         if conn.host_hup
@@ -393,4 +408,27 @@ impl ReadSome for &UnixStream {
         let mut s = self;
         s.read(buf)
     }
+}
+
+fn host_interest(
+    ep: &Epoll,
+    sock: &UnixStream,
+    slot: u32,
+    op: ControlOperation,
+    out: bool,
+) -> bool {
+    let mut ev = EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+    if out {
+        ev |= EventSet::OUT;
+    }
+    let res = ep.ctl(
+        op,
+        sock.as_raw_fd(),
+        EpollEvent::new(ev, token::host_conn(slot)),
+    );
+    if let Err(e) = res {
+        crate::log_limited!(Warn, "cannot watch host socket: {e}");
+        return false;
+    }
+    true
 }

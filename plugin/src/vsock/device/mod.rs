@@ -154,6 +154,9 @@ pub struct VsockDevice {
     tx_batch: TxBatch,
     /// Extra rx chains filled by the last read, to complete right after the first one.
     rx_extra_used: Vec<(u16, u32)>,
+    /// Connections whose host socket may have become (un)writable this round: their EPOLLOUT
+    /// interest is brought in line by [`VsockDevice::sync_host_interest`].
+    out_dirty: Vec<u32>,
     /// Set when a control plane decides where guest connections go.
     host_router: Option<Box<dyn RouteRequests>>,
     events: Option<Box<dyn ConnectionEvents>>,
@@ -203,6 +206,7 @@ impl VsockDevice {
             iov: IovecScratch::default(),
             tx_batch: TxBatch::default(),
             rx_extra_used: Vec::new(),
+            out_dirty: Vec::new(),
             host_router: None,
             events: None,
             limits: None,

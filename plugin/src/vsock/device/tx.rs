@@ -90,6 +90,7 @@ impl VsockDevice {
             conn.host_writable = false;
             // SAFETY: as above; the copy reads only within the iovecs.
             conn.tx_queue.push(unsafe { copy_from_iovecs(&iov, done) });
+            self.out_dirty.push(slot);
         }
         self.tx_batch.iov.0 = iov;
         self.tx_batch.iov.0.clear();
@@ -455,6 +456,9 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
+        if !conn.host_writable {
+            self.out_dirty.push(slot);
+        }
         if conn.credit.update_worthwhile() {
             let (key, k) = (conn.key, conn.kind);
             self.queue_credit_update(slot, key, k);
@@ -475,6 +479,7 @@ impl VsockDevice {
                 conn.state = State::Closing {
                     since: Instant::now(),
                 };
+                self.out_dirty.push(slot);
             }
         } else {
             conn.propagate_guest_shutdown();
