@@ -34,6 +34,8 @@ pub struct Params {
     pub rss_conns: usize,
     /// A transfer that makes no progress for this long fails.
     pub stall: Duration,
+    /// The window in which all VMs of a many-VMs figure stream at once.
+    pub many_window: Duration,
 }
 
 impl Params {
@@ -44,6 +46,7 @@ impl Params {
             setup_conns: 3000,
             rss_conns: 1000,
             stall: Duration::from_secs(10),
+            many_window: Duration::from_secs(3),
         }
     }
 
@@ -54,6 +57,7 @@ impl Params {
             setup_conns: 500,
             rss_conns: 1000,
             stall: Duration::from_secs(10),
+            many_window: Duration::from_secs(1),
         }
     }
 }
@@ -88,6 +92,9 @@ pub enum Figure {
     H2gLinux,
     /// 64-byte round trip, host sends, guest echoes, Linux-pattern driver.
     RttGuestEchoLinux,
+    /// One backend process serving this many VMs, all streaming guest→host at once
+    /// ([`super::many`]).
+    ManyVms(usize),
 }
 
 impl Figure {
@@ -108,6 +115,8 @@ impl Figure {
             Figure::G2hLinux,
             Figure::H2gLinux,
             Figure::RttGuestEchoLinux,
+            Figure::ManyVms(1),
+            Figure::ManyVms(64),
         ]
     }
 
@@ -134,6 +143,7 @@ impl Figure {
             Figure::G2hLinux => "g2h-linux".into(),
             Figure::H2gLinux => "h2g-linux".into(),
             Figure::RttGuestEchoLinux => "rtt-guest-echo-linux".into(),
+            Figure::ManyVms(n) => format!("vms-{n}"),
         }
     }
 
@@ -144,7 +154,7 @@ impl Figure {
             // Only the plugin translates through an IOTLB.
             return s == Subject::Plugin;
         }
-        if self.linux_driver() {
+        if self.linux_driver() || matches!(self, Figure::ManyVms(_)) {
             // A paced guest: a socketpair has nothing to compare with.
             return s.is_backend();
         }
@@ -184,12 +194,16 @@ pub fn measure(
             | Figure::SiblingConnect
             | Figure::G2hLinux
             | Figure::H2gLinux
-            | Figure::RttGuestEchoLinux => Err("no backend".into()),
+            | Figure::RttGuestEchoLinux
+            | Figure::ManyVms(_) => Err("no backend".into()),
         };
     }
     let bin = bin.ok_or("no binary")?;
     if fig == Figure::SiblingConnect {
         return vs_sibling_connect(s, bin, p);
+    }
+    if let Figure::ManyVms(n) = fig {
+        return super::many::vs_many_vms(s, bin, n, p, pat);
     }
     let iotlb = matches!(fig, Figure::G2hIotlb | Figure::H2gIotlb);
     let args: &[&str] = if iotlb { &["--iotlb", "required"] } else { &[] };
@@ -226,7 +240,9 @@ pub fn measure(
         Figure::H2gLinux => vs_h2g_with(&be, 65536, GuestOpts::linux(), p, pat, expect),
         Figure::RttGuestEchoLinux => vs_rtt_guest_echo(&be, GuestOpts::linux(), p),
         Figure::Setup => vs_setup(&be, p),
-        Figure::SiblingConnect => Err("measured on two VMs (vs_sibling_connect)".into()),
+        Figure::SiblingConnect | Figure::ManyVms(_) => {
+            Err("measured on several VMs (vs_sibling_connect, many::vs_many_vms)".into())
+        }
         Figure::Rss => vs_rss(&be, p),
     };
     if !be.alive() {
@@ -801,6 +817,7 @@ mod tests {
             setup_conns: 30,
             rss_conns: 30,
             stall: Duration::from_secs(20),
+            many_window: Duration::from_millis(300),
         };
         let pat = Arc::new(Pattern::new(9));
         let expect = pat.checksum(p.bytes);
@@ -814,6 +831,16 @@ mod tests {
                 let m = measure(fig, s, b, &p, &pat, expect)
                     .unwrap_or_else(|e| panic!("{} on {}: {e}", fig.name(), s.name()));
                 assert!(!m.is_empty(), "{} on {}", fig.name(), s.name());
+                if fig == Figure::G2hLinux {
+                    // The Linux-pattern driver kicks once per 64 KiB packet (16 per MiB; the batch
+                    // driver queues up to its credit, 4 packets, per kick).
+                    let k = m["kick_per_mib"];
+                    assert!(k > 12.0, "g2h-linux kicked {k} times per MiB");
+                }
+                if let Figure::ManyVms(n) = fig {
+                    assert!(m["jain"] > 0.0 && m["jain"] <= 1.0 + 1e-9, "{m:?}");
+                    assert!(m["threads_per_vm"] * n as f64 >= n as f64, "{m:?}");
+                }
             }
         }
     }

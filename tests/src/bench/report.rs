@@ -271,6 +271,75 @@ fn rows() -> Vec<Row> {
             Target::Ref(0.6),
         ),
     ];
+    for (label, key, decimals, target) in [
+        (
+            "64 VMs in one process, g2h total (MB/s)",
+            "mbps",
+            0,
+            Target::None,
+        ),
+        (
+            "64 VMs, per-VM g2h MB/s, min",
+            "mbps_vm_min",
+            1,
+            Target::None,
+        ),
+        (
+            "64 VMs, per-VM g2h MB/s, median",
+            "mbps_vm_median",
+            1,
+            Target::None,
+        ),
+        (
+            "64 VMs, per-VM g2h MB/s, max",
+            "mbps_vm_max",
+            1,
+            Target::None,
+        ),
+        (
+            "64 VMs, Jain's fairness index (1 = equal)",
+            "jain",
+            3,
+            Target::None,
+        ),
+        (
+            "64 VMs, backend CPU s/GiB",
+            "backend_cpu_gib",
+            2,
+            Target::None,
+        ),
+        (
+            "64 VMs, backend RSS per VM (KiB)",
+            "rss_per_vm_kib",
+            0,
+            Target::Stated,
+        ),
+        (
+            "64 VMs, backend threads per VM",
+            "threads_per_vm",
+            2,
+            Target::Stated,
+        ),
+    ] {
+        let higher = !matches!(key, "backend_cpu_gib" | "rss_per_vm_kib" | "threads_per_vm");
+        v.push(r(label, Figure::ManyVms(64), key, decimals, higher, target));
+    }
+    v.push(r(
+        "1 VM (same figure), g2h MB/s",
+        Figure::ManyVms(1),
+        "mbps",
+        0,
+        true,
+        Target::None,
+    ));
+    v.push(r(
+        "1 VM (same figure), backend CPU s/GiB",
+        Figure::ManyVms(1),
+        "backend_cpu_gib",
+        2,
+        false,
+        Target::None,
+    ));
     let mut hwm = r(
         "peak RSS with 1,000 open connections, VmHWM (MiB)",
         Figure::Rss,
@@ -403,7 +472,7 @@ pub fn table(res: &Results, subjects: &[Subject]) -> (String, Vec<(String, Optio
             None if matches!(row.target, Target::None) => "",
             None => "?",
         };
-        let sp_cell = if row.key.starts_with("backend") || row.fig == Figure::Rss {
+        let sp_cell = if row.key.starts_with("backend") || matches!(row.fig, Figure::Rss) {
             "—".to_string()
         } else {
             fmt(sp, row.decimals)
@@ -509,6 +578,7 @@ pub fn raw(res: &Results, subjects: &[Subject], figures: &[Figure]) -> String {
             Figure::RttHostEcho | Figure::RttGuestEcho | Figure::RttGuestEchoLinux => "p50_us",
             Figure::Setup => "conn_per_s",
             Figure::SiblingConnect => "p50_us",
+            Figure::ManyVms(_) => "mbps",
             Figure::Rss => "hwm_kib",
         };
         for &s in subjects {
