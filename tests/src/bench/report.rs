@@ -479,7 +479,7 @@ pub fn table(res: &Results, subjects: &[Subject]) -> (String, Vec<(String, Optio
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {}{} |",
             row.label,
             fmt(p, row.decimals),
             ref_cell,
@@ -491,7 +491,8 @@ pub fn table(res: &Results, subjects: &[Subject]) -> (String, Vec<(String, Optio
                 fmt_ratio(rs)
             },
             target,
-            format!("{met_s}{detail}")
+            met_s,
+            detail
         );
         if !matches!(row.target, Target::None) {
             verdicts.push((row.label.to_string(), met));
