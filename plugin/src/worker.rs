@@ -20,7 +20,7 @@ use crate::vhost_user::session::{FrontendSession, Outcome, SessionConfig};
 use crate::vhost_user::slot;
 use crate::virtio::{NUM_QUEUES, RX_QUEUE, VIRTIO_VSOCK_F_SEQPACKET};
 use crate::vsock::device::interests::{is_device_token, EventRegistry};
-use crate::vsock::device::{Rings, VsockDevice};
+use crate::vsock::device::{Rings, VsockDevice, DATAPATH_LOG};
 use vsock_plugin_ipc::proto::control::DeviceState;
 
 /// Epoll tokens of the worker's own fds: small constants. The device registers its fds (hybrid
@@ -308,13 +308,21 @@ impl VmWorker {
             }
             Token::Frontend => self.serve_frontend(),
             Token::Kick(q) => {
+                // Kick fds are edge-triggered: every guest kick (eventfd write) is a new edge, so
+                // the counter need not be read (vhost does not read it either); one read per
+                // kick was a syscall per guest packet. Read only to trace how many kicks came.
+                if !log::log_enabled!(target: DATAPATH_LOG, log::Level::Trace) {
+                    return;
+                }
                 if let Some(fd) = self
                     .session
                     .as_ref()
                     .and_then(|s| s.vring(q))
                     .and_then(|v| v.kick_fd())
                 {
-                    let _ = fd.read();
+                    // The counter is the number of guest kicks since the last read.
+                    let kicks = fd.read().unwrap_or(0);
+                    log::trace!(target: DATAPATH_LOG, "kick q={q} n={kicks}");
                 }
             }
         }
@@ -327,8 +335,14 @@ impl VmWorker {
             .is_some_and(|v| v.is_ready())
     }
 
-    /// Moves data: tx, then rx, then tx again if rx made room, then the event queue.
+    /// Moves data, then watches for writability exactly the host sockets that now need it.
     fn pump(&mut self) {
+        self.move_data();
+        self.device.sync_host_interest();
+    }
+
+    /// Tx, then rx, then tx again if rx made room, then the event queue.
+    fn move_data(&mut self) {
         let running = self.running();
         self.device.set_running(running);
         let Some(session) = self.session.as_mut() else {
@@ -536,10 +550,11 @@ impl VmWorker {
                 .and_then(|v| v.kick_fd())
                 .map(|k| k.as_raw_fd());
             if let Some(fd) = fd {
+                let ev = EventSet::IN | EventSet::EDGE_TRIGGERED;
                 match self.epoll.ctl(
                     ControlOperation::Add,
                     fd,
-                    EpollEvent::new(EventSet::IN, Token::Kick(q).encode()),
+                    EpollEvent::new(ev, Token::Kick(q).encode()),
                 ) {
                     Ok(()) => self.kicks[q] = Some(fd),
                     Err(e) => log::warn!("[{}] cannot watch kick fd of queue {q}: {e}", self.name),

@@ -88,6 +88,22 @@ fn code_only(text: &str) -> String {
     out
 }
 
+/// The code before a trailing `#[cfg(test)] mod …`: a unit test may reach into its parent's
+/// neighbours (a test of `session_error` drives a `session`), which is not a dependency of the
+/// module itself.
+fn without_test_module(code: &str) -> String {
+    let mut search = 0;
+    while let Some(at) = code[search..].find("#[cfg(test)]") {
+        let start = search + at;
+        let rest = code[start + "#[cfg(test)]".len()..].trim_start();
+        if rest.starts_with("mod ") {
+            return code[..start].to_string();
+        }
+        search = start + 1;
+    }
+    code.to_string()
+}
+
 /// Paths (as segment lists, absolute from the crate root) that `code` names, seen from module
 /// `here` (of a file that is a `mod.rs` when `is_dir_module`, under source root `src`).
 fn named_paths(src: &Path, code: &str, here: &[String], is_dir_module: bool) -> Vec<Vec<String>> {
@@ -195,7 +211,7 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         let from = unit_of(&here, src).unwrap_or_else(|| here[0].clone());
         let name = file.file_name().unwrap().to_string_lossy();
         let is_dir_module = name == "mod.rs";
-        let code = code_only(&std::fs::read_to_string(&file).unwrap());
+        let code = without_test_module(&code_only(&std::fs::read_to_string(&file).unwrap()));
         for path in named_paths(src, &code, &here, is_dir_module) {
             if let Some(to) = unit_of(&path, src) {
                 // A directory module and its own children (re-exports one way, shared items the
@@ -291,7 +307,8 @@ fn the_checker_finds_a_circle_and_ignores_comments() {
     std::fs::write(dir.join("b.rs"), "fn f() { crate::a::{x::g, y::h}(); }\n").unwrap();
     std::fs::write(
         dir.join("c.rs"),
-        "/// see [`crate::b`]\nconst S: &str = \"crate::b\";\n",
+        "/// see [`crate::b`]\nconst S: &str = \"crate::b\";\n\
+         #[cfg(test)]\nmod tests {\n    use crate::b::f;\n}\n",
     )
     .unwrap();
     let edges = graph(&dir);

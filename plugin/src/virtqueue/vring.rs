@@ -392,21 +392,27 @@ impl Vring {
         }
     }
 
-    /// Signals the call eventfd if the driver wants an interrupt (EVENT_IDX aware).
-    pub fn notify(&mut self, mem: &DeviceMemory) {
+    /// Signals the call eventfd if the driver wants an interrupt (EVENT_IDX aware); returns
+    /// whether it did.
+    pub fn notify(&mut self, mem: &DeviceMemory) -> bool {
         match self.queue.needs_notification(mem) {
             Ok(true) => {
                 if let Some(call) = &self.call {
                     let _ = call.write(1);
+                    return true;
                 }
+                false
             }
-            Ok(false) => {}
-            Err(e) => self.fail(
-                mem,
-                mem.get_iommu_enabled(),
-                &format!("cannot read the used event: {e}"),
-                false,
-            ),
+            Ok(false) => false,
+            Err(e) => {
+                self.fail(
+                    mem,
+                    mem.get_iommu_enabled(),
+                    &format!("cannot read the used event: {e}"),
+                    false,
+                );
+                false
+            }
         }
     }
 

@@ -167,6 +167,9 @@ pub struct Connection {
     pub host_readable: bool,
     /// The host socket may accept data.
     pub host_writable: bool,
+    /// EPOLLOUT is in the socket's epoll interest: exactly while `host_writable` is false (see
+    /// `VsockDevice::sync_host_interest`).
+    pub out_watched: bool,
     /// Host-initiated: the guest port requested, for the `OK` line.
     pub ok_line: Option<Vec<u8>>,
     /// The connection is in the device's rx ready queue.
@@ -200,6 +203,7 @@ impl Connection {
             rx_pending_eom: 0,
             host_readable: false,
             host_writable: true,
+            out_watched: false,
             ok_line: None,
             rx_queued: false,
             host_initiated: false,

@@ -34,6 +34,8 @@ pub struct Params {
     pub rss_conns: usize,
     /// A transfer that makes no progress for this long fails.
     pub stall: Duration,
+    /// The window in which all VMs of a many-VMs figure stream at once.
+    pub many_window: Duration,
 }
 
 impl Params {
@@ -44,6 +46,7 @@ impl Params {
             setup_conns: 3000,
             rss_conns: 1000,
             stall: Duration::from_secs(10),
+            many_window: Duration::from_secs(3),
         }
     }
 
@@ -54,6 +57,7 @@ impl Params {
             setup_conns: 500,
             rss_conns: 1000,
             stall: Duration::from_secs(10),
+            many_window: Duration::from_secs(1),
         }
     }
 }
@@ -82,6 +86,15 @@ pub enum Figure {
     SiblingConnect,
     /// Backend memory with 1,000 open connections.
     Rss,
+    /// Guest → host bulk, 64 KiB writes, with the Linux-pattern driver ([`Driver::Linux`]).
+    G2hLinux,
+    /// Host → guest bulk, 64 KiB host writes, Linux-pattern driver.
+    H2gLinux,
+    /// 64-byte round trip, host sends, guest echoes, Linux-pattern driver.
+    RttGuestEchoLinux,
+    /// One backend process serving this many VMs, all streaming guest→host at once
+    /// ([`super::many`]).
+    ManyVms(usize),
 }
 
 impl Figure {
@@ -99,7 +112,20 @@ impl Figure {
             Figure::Setup,
             Figure::SiblingConnect,
             Figure::Rss,
+            Figure::G2hLinux,
+            Figure::H2gLinux,
+            Figure::RttGuestEchoLinux,
+            Figure::ManyVms(1),
+            Figure::ManyVms(64),
         ]
+    }
+
+    /// Whether the figure uses the Linux-pattern guest driver (`--driver linux`).
+    pub fn linux_driver(self) -> bool {
+        matches!(
+            self,
+            Figure::G2hLinux | Figure::H2gLinux | Figure::RttGuestEchoLinux
+        )
     }
 
     pub fn name(self) -> String {
@@ -114,6 +140,10 @@ impl Figure {
             Figure::Setup => "setup".into(),
             Figure::SiblingConnect => "sibling-connect".into(),
             Figure::Rss => "rss".into(),
+            Figure::G2hLinux => "g2h-linux".into(),
+            Figure::H2gLinux => "h2g-linux".into(),
+            Figure::RttGuestEchoLinux => "rtt-guest-echo-linux".into(),
+            Figure::ManyVms(n) => format!("vms-{n}"),
         }
     }
 
@@ -123,6 +153,10 @@ impl Figure {
         if matches!(self, Figure::G2hIotlb | Figure::H2gIotlb) {
             // Only the plugin translates through an IOTLB.
             return s == Subject::Plugin;
+        }
+        if self.linux_driver() || matches!(self, Figure::ManyVms(_)) {
+            // A paced guest: a socketpair has nothing to compare with.
+            return s.is_backend();
         }
         !matches!(
             (self, s),
@@ -156,12 +190,20 @@ pub fn measure(
             }
             Figure::RttHostEcho | Figure::RttGuestEcho => sp_rtt(p),
             Figure::Setup => sp_setup(p),
-            Figure::Rss | Figure::SiblingConnect => Err("no backend".into()),
+            Figure::Rss
+            | Figure::SiblingConnect
+            | Figure::G2hLinux
+            | Figure::H2gLinux
+            | Figure::RttGuestEchoLinux
+            | Figure::ManyVms(_) => Err("no backend".into()),
         };
     }
     let bin = bin.ok_or("no binary")?;
     if fig == Figure::SiblingConnect {
         return vs_sibling_connect(s, bin, p);
+    }
+    if let Figure::ManyVms(n) = fig {
+        return super::many::vs_many_vms(s, bin, n, p, pat);
     }
     let iotlb = matches!(fig, Figure::G2hIotlb | Figure::H2gIotlb);
     let args: &[&str] = if iotlb { &["--iotlb", "required"] } else { &[] };
@@ -193,9 +235,14 @@ pub fn measure(
             expect,
         ),
         Figure::RttHostEcho => vs_rtt_host_echo(&be, p),
-        Figure::RttGuestEcho => vs_rtt_guest_echo(&be, p),
+        Figure::RttGuestEcho => vs_rtt_guest_echo(&be, GuestOpts::default(), p),
+        Figure::G2hLinux => vs_g2h_with(&be, 65536, GuestOpts::linux(), p, pat, expect),
+        Figure::H2gLinux => vs_h2g_with(&be, 65536, GuestOpts::linux(), p, pat, expect),
+        Figure::RttGuestEchoLinux => vs_rtt_guest_echo(&be, GuestOpts::linux(), p),
         Figure::Setup => vs_setup(&be, p),
-        Figure::SiblingConnect => Err("measured on two VMs (vs_sibling_connect)".into()),
+        Figure::SiblingConnect | Figure::ManyVms(_) => {
+            Err("measured on several VMs (vs_sibling_connect, many::vs_many_vms)".into())
+        }
         Figure::Rss => vs_rss(&be, p),
     };
     if !be.alive() {
@@ -484,8 +531,8 @@ fn vs_rtt_host_echo(be: &Backend, p: &Params) -> Result<Sample, String> {
     Ok(m)
 }
 
-fn vs_rtt_guest_echo(be: &Backend, p: &Params) -> Result<Sample, String> {
-    let mut g = Guest::start(&be.socket, GuestOpts::default()).map_err(err("handshake"))?;
+fn vs_rtt_guest_echo(be: &Backend, opts: GuestOpts, p: &Params) -> Result<Sample, String> {
+    let mut g = Guest::start(&be.socket, opts).map_err(err("handshake"))?;
     let line = format!("connect {PORT}\n");
     let mut s = hybrid_connect_raw(&be.uds, &[line.as_bytes()]).map_err(err("host connect"))?;
     let key = g
@@ -770,6 +817,7 @@ mod tests {
             setup_conns: 30,
             rss_conns: 30,
             stall: Duration::from_secs(20),
+            many_window: Duration::from_millis(300),
         };
         let pat = Arc::new(Pattern::new(9));
         let expect = pat.checksum(p.bytes);
@@ -783,6 +831,16 @@ mod tests {
                 let m = measure(fig, s, b, &p, &pat, expect)
                     .unwrap_or_else(|e| panic!("{} on {}: {e}", fig.name(), s.name()));
                 assert!(!m.is_empty(), "{} on {}", fig.name(), s.name());
+                if fig == Figure::G2hLinux {
+                    // The Linux-pattern driver kicks once per 64 KiB packet (16 per MiB; the batch
+                    // driver queues up to its credit, 4 packets, per kick).
+                    let k = m["kick_per_mib"];
+                    assert!(k > 12.0, "g2h-linux kicked {k} times per MiB");
+                }
+                if let Figure::ManyVms(n) = fig {
+                    assert!(m["jain"] > 0.0 && m["jain"] <= 1.0 + 1e-9, "{m:?}");
+                    assert!(m["threads_per_vm"] * n as f64 >= n as f64, "{m:?}");
+                }
             }
         }
     }

@@ -66,6 +66,14 @@
 //!   guest→host connections are opened and held (host thread holds the accepted sockets) and
 //!   `VmHWM` (peak), `VmRSS` and `RssAnon` of `/proc/<pid>/status` are read. Reported: peak
 //!   RSS and the growth per connection.
+//! - **Linux-pattern driver** (`--driver linux`; figures g2h-linux, h2g-linux,
+//!   rtt-guest-echo-linux): the guest behaves as a real Linux 6.1 guest under QEMU/TCG was
+//!   measured to (`real-guest --pattern`): a kick per packet, 4 KiB rx buffers, an interrupt per
+//!   completion, rx passes of 32 with one CREDIT_UPDATE each, paced at 135 MB/s; see
+//!   [`guest`]. Backend CPU per GiB there is dominated by per-wake-up costs, as on real guests.
+//! - **Many VMs** (`vms-64`, baseline `vms-1`): one backend process serving 64 VMs streaming at
+//!   once: per-VM MB/s spread and Jain's index, CPU/GiB against one VM, RSS and threads per VM;
+//!   see [`many`].
 //! - **Driver CPU**: the guest driver runs in the benchmark's main thread and the host
 //!   application in its own thread; each measures its own CPU (`getrusage(RUSAGE_THREAD)`), so
 //!   the report states how much of the 2 cores the measuring side itself used.
@@ -85,6 +93,7 @@
 
 pub mod figures;
 pub mod guest;
+pub mod many;
 pub mod report;
 pub mod runner;
 pub mod subject;

@@ -103,6 +103,22 @@ fn rows() -> Vec<Row> {
             Target::None,
         ),
         r(
+            "g2h throughput, Linux-pattern driver, paced (MB/s)",
+            Figure::G2hLinux,
+            "mbps",
+            0,
+            true,
+            Target::None,
+        ),
+        r(
+            "h2g throughput, Linux-pattern driver, paced (MB/s)",
+            Figure::H2gLinux,
+            "mbps",
+            0,
+            true,
+            Target::None,
+        ),
+        r(
             "round trip 64 B, host echo, p50 (µs)",
             Figure::RttHostEcho,
             "p50_us",
@@ -130,6 +146,14 @@ fn rows() -> Vec<Row> {
             "round trip 64 B, guest echo, p99 (µs)",
             Figure::RttGuestEcho,
             "p99_us",
+            1,
+            false,
+            Target::Ref(0.7),
+        ),
+        r(
+            "round trip 64 B, guest echo, Linux-pattern driver, p50 (µs)",
+            Figure::RttGuestEchoLinux,
+            "p50_us",
             1,
             false,
             Target::Ref(0.7),
@@ -199,6 +223,22 @@ fn rows() -> Vec<Row> {
             Target::None,
         ),
         r(
+            "backend CPU s/GiB, g2h Linux-pattern driver",
+            Figure::G2hLinux,
+            "backend_cpu_gib",
+            2,
+            false,
+            Target::Ref(0.5),
+        ),
+        r(
+            "backend CPU s/GiB, h2g Linux-pattern driver",
+            Figure::H2gLinux,
+            "backend_cpu_gib",
+            2,
+            false,
+            Target::Ref(0.5),
+        ),
+        r(
             "backend CPU s/GiB, g2h 64 KiB paged",
             Figure::G2hPaged,
             "backend_cpu_gib",
@@ -222,7 +262,84 @@ fn rows() -> Vec<Row> {
             false,
             Target::None,
         ),
+        r(
+            "backend CPU µs per round trip (guest echo, Linux-pattern driver)",
+            Figure::RttGuestEchoLinux,
+            "backend_cpu_us_per_rtt",
+            1,
+            false,
+            Target::Ref(0.6),
+        ),
     ];
+    for (label, key, decimals, target) in [
+        (
+            "64 VMs in one process, g2h total (MB/s)",
+            "mbps",
+            0,
+            Target::None,
+        ),
+        (
+            "64 VMs, per-VM g2h MB/s, min",
+            "mbps_vm_min",
+            1,
+            Target::None,
+        ),
+        (
+            "64 VMs, per-VM g2h MB/s, median",
+            "mbps_vm_median",
+            1,
+            Target::None,
+        ),
+        (
+            "64 VMs, per-VM g2h MB/s, max",
+            "mbps_vm_max",
+            1,
+            Target::None,
+        ),
+        (
+            "64 VMs, Jain's fairness index (1 = equal)",
+            "jain",
+            3,
+            Target::None,
+        ),
+        (
+            "64 VMs, backend CPU s/GiB",
+            "backend_cpu_gib",
+            2,
+            Target::None,
+        ),
+        (
+            "64 VMs, backend RSS per VM (KiB)",
+            "rss_per_vm_kib",
+            0,
+            Target::Stated,
+        ),
+        (
+            "64 VMs, backend threads per VM",
+            "threads_per_vm",
+            2,
+            Target::Stated,
+        ),
+    ] {
+        let higher = !matches!(key, "backend_cpu_gib" | "rss_per_vm_kib" | "threads_per_vm");
+        v.push(r(label, Figure::ManyVms(64), key, decimals, higher, target));
+    }
+    v.push(r(
+        "1 VM (same figure), g2h MB/s",
+        Figure::ManyVms(1),
+        "mbps",
+        0,
+        true,
+        Target::None,
+    ));
+    v.push(r(
+        "1 VM (same figure), backend CPU s/GiB",
+        Figure::ManyVms(1),
+        "backend_cpu_gib",
+        2,
+        false,
+        Target::None,
+    ));
     let mut hwm = r(
         "peak RSS with 1,000 open connections, VmHWM (MiB)",
         Figure::Rss,
@@ -355,14 +472,14 @@ pub fn table(res: &Results, subjects: &[Subject]) -> (String, Vec<(String, Optio
             None if matches!(row.target, Target::None) => "",
             None => "?",
         };
-        let sp_cell = if row.key.starts_with("backend") || row.fig == Figure::Rss {
+        let sp_cell = if row.key.starts_with("backend") || matches!(row.fig, Figure::Rss) {
             "—".to_string()
         } else {
             fmt(sp, row.decimals)
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {}{} |",
             row.label,
             fmt(p, row.decimals),
             ref_cell,
@@ -374,7 +491,8 @@ pub fn table(res: &Results, subjects: &[Subject]) -> (String, Vec<(String, Optio
                 fmt_ratio(rs)
             },
             target,
-            format!("{met_s}{detail}")
+            met_s,
+            detail
         );
         if !matches!(row.target, Target::None) {
             verdicts.push((row.label.to_string(), met));
@@ -394,6 +512,8 @@ pub fn driver_table(res: &Results, subjects: &[Subject]) -> String {
         Figure::H2g(4096),
         Figure::H2g(65536),
         Figure::G2hPaged,
+        Figure::G2hLinux,
+        Figure::H2gLinux,
     ] {
         for &s in subjects {
             if !res.contains_key(&(fig, s)) {
@@ -453,10 +573,13 @@ pub fn raw(res: &Results, subjects: &[Subject], figures: &[Figure]) -> String {
             | Figure::H2g(_)
             | Figure::G2hPaged
             | Figure::G2hIotlb
-            | Figure::H2gIotlb => "mbps",
-            Figure::RttHostEcho | Figure::RttGuestEcho => "p50_us",
+            | Figure::H2gIotlb
+            | Figure::G2hLinux
+            | Figure::H2gLinux => "mbps",
+            Figure::RttHostEcho | Figure::RttGuestEcho | Figure::RttGuestEchoLinux => "p50_us",
             Figure::Setup => "conn_per_s",
             Figure::SiblingConnect => "p50_us",
+            Figure::ManyVms(_) => "mbps",
             Figure::Rss => "hwm_kib",
         };
         for &s in subjects {

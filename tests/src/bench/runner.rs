@@ -12,14 +12,19 @@ use super::util::{loadavg, machine, raise_nofile, utc_now, Pattern};
 
 const USAGE: &str = "\
 usage: vsock-bench [--quick] [--rounds N] [--subjects plugin,reference,socketpair]
-                   [--figures NAME,...] [--bytes MIB]
+                   [--figures NAME,...] [--bytes MIB] [--driver batch|linux|both]
 
   --quick          1 round, 32 MiB per throughput figure, fewer round trips and connects
   --rounds N       rounds (default 3; 1 with --quick)
   --subjects L     comma-separated subset of plugin, reference, socketpair
   --figures L      comma-separated subset of: g2h-4k g2h-64k h2g-4k h2g-64k g2h-64k-paged
-                   rtt-host-echo rtt-guest-echo setup rss
+                   rtt-host-echo rtt-guest-echo setup sibling-connect rss
+                   g2h-linux h2g-linux rtt-guest-echo-linux vms-1 vms-64
   --bytes MIB      bytes per throughput figure, in MiB
+  --driver D       guest driver: batch (many packets per kick, 64 KiB rx buffers, unpaced),
+                   linux (a real Linux 6.1 guest's pattern: a kick per packet, 4 KiB rx buffers,
+                   interrupt per completion, paced at TCG speed; figures g2h-linux h2g-linux
+                   rtt-guest-echo-linux), or both (default)
   --all-pairs      also run the reference on the paged layout, which it cannot take (it is
                    expected to stall and count as a failure)
 
@@ -97,6 +102,16 @@ fn parse(argv: &[String]) -> Result<Args, String> {
                     .filter(|&n| n > 0)
                     .ok_or("--bytes needs a positive number of MiB")?;
                 a.bytes = Some(mib << 20);
+            }
+            "--driver" => {
+                let d = value()?;
+                let keep: fn(&Figure) -> bool = match d.as_str() {
+                    "batch" => |f| !f.linux_driver(),
+                    "linux" => |f| f.linux_driver(),
+                    "both" => |_| true,
+                    _ => return Err(format!("--driver: batch, linux or both, not {d:?}")),
+                };
+                a.figures.retain(keep);
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -309,6 +324,25 @@ pub fn main() -> ExitCode {
             rss.get("anon_per_conn_kib").copied().unwrap_or(0.0),
             rss.get("threads").copied().unwrap_or(0.0)
         ));
+    }
+    for &s in &args.subjects {
+        let cpu = |n| {
+            res.get(&(Figure::ManyVms(n), s)).and_then(|v| {
+                let x: Vec<f64> = v
+                    .iter()
+                    .filter_map(|m| m.get("backend_cpu_gib").copied())
+                    .collect();
+                (!x.is_empty()).then(|| super::util::median(&x))
+            })
+        };
+        if let (Some(one), Some(many)) = (cpu(1), cpu(64)) {
+            out.push_str(&format!(
+                "- {}: backend CPU s/GiB with 64 VMs streaming at once is {:.2}× that of 1 VM \
+                 ({many:.2} vs {one:.2})\n",
+                s.name(),
+                many / one
+            ));
+        }
     }
     out.push_str("\nPer-round values:\n\n");
     out.push_str(&raw(&res, &args.subjects, &args.figures));

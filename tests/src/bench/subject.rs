@@ -128,6 +128,8 @@ pub struct Backend {
     pub uds: PathBuf,
     /// The second VM's vhost-user socket (guest CID 4) of [`Backend::start_siblings`].
     pub sibling_socket: Option<PathBuf>,
+    /// (vhost-user socket, hybrid uds) of every VM the process serves, in CID order from 3.
+    pub vms: Vec<(PathBuf, PathBuf)>,
     child: Child,
     log: PathBuf,
 }
@@ -151,6 +153,45 @@ impl Backend {
             uds.clone().into(),
         ];
         Self::spawn(subject, bin, dir, vm, args, socket, uds, None)
+    }
+
+    /// One process serving `n` VMs (CIDs 3, 4, …; `--vm` per VM, each in its own group).
+    pub fn start_many(subject: Subject, bin: &Path, n: usize) -> io::Result<Backend> {
+        let dir = TempDir::new()?;
+        let mut args: Vec<OsString> = Vec::new();
+        let mut vms = Vec::new();
+        for i in 0..n {
+            let (s, u) = (
+                dir.join(&format!("v{i}.sock")),
+                dir.join(&format!("h{i}.sock")),
+            );
+            args.push("--vm".into());
+            args.push(
+                format!(
+                    "guest-cid={},socket={},uds-path={},groups=g{i}",
+                    3 + i,
+                    s.display(),
+                    u.display()
+                )
+                .into(),
+            );
+            vms.push((s, u));
+        }
+        let (socket, uds) = vms.first().cloned().ok_or(io::ErrorKind::InvalidInput)?;
+        let mut b = Self::spawn(subject, bin, dir, args, &[], socket, uds, None)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !vms.iter().all(|(s, _)| s.exists()) {
+            if Instant::now() > deadline || !b.alive() {
+                return Err(io::Error::other(format!(
+                    "{} did not create its {n} sockets: {}",
+                    subject.name(),
+                    b.log_tail(2000)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        b.vms = vms;
+        Ok(b)
     }
 
     /// Two sibling VMs in one backend process and one group: guest CID 3 on `socket`, guest
@@ -213,6 +254,7 @@ impl Backend {
             dir,
             socket,
             uds,
+            vms: Vec::new(),
             sibling_socket,
             child,
             log,

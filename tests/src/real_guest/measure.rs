@@ -3,8 +3,9 @@
 //! Per run: a fresh backend, one guest (`-smp 1`), `count` transfers of `mib` MiB guest→host and as
 //! many host→guest (8-byte length header, then data; the receiver answers with a position-dependent
 //! 64-bit sum, so half-close is not needed), then [`RTT_ITERS`] 64-byte round trips (the host
-//! writes, the guest echoes). The backend's utime+stime (`/proc/<pid>/stat`) is read around every
-//! transfer and around the round trips, so each direction and the round trips have their own CPU
+//! writes, the guest echoes). The backend's CPU (thread run time from
+//! `/proc/<pid>/task/*/schedstat`, ns resolution; utime+stime from `/proc/<pid>/stat` when the two
+//! disagree, e.g. a thread exited) is read around every transfer and around the round trips, so each direction and the round trips have their own CPU
 //! figure (boot excluded). With several backends, the summary gives each one's ratio against
 //! every other measured in the same run.
 
@@ -15,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use super::backend::{expand_single, Backend, VmSpec};
 use super::host;
+use super::pattern::{self, Pattern};
 use super::proto::{fill_pattern, FastSum};
 use super::qemu::{QemuConfig, Vm};
 use super::util::{file_tail, indent};
+use crate::bench::util::{proc_cpu as bench_proc_cpu, ProcCpu};
 
 pub struct MeasureOptions {
     pub backends: Vec<String>,
@@ -26,6 +29,9 @@ pub struct MeasureOptions {
     pub mib: u64,
     pub qemu: QemuConfig,
     pub dir: PathBuf,
+    /// Print the driver pattern of each phase from the plugin's data-path trace
+    /// ([`super::pattern`]).
+    pub pattern: bool,
 }
 
 /// Host-initiated 64-byte round trips per run (the guest echoes).
@@ -47,6 +53,8 @@ pub struct Run {
     /// Round-trip times (µs) and the backend CPU seconds over them.
     pub rtt_us: Vec<f64>,
     pub rtt_cpu_s: f64,
+    /// Data-path pattern per phase (g2h, h2g, round trips), from the backend log.
+    pub pattern: [Pattern; 3],
 }
 
 impl Run {
@@ -72,19 +80,16 @@ impl Run {
     }
 }
 
-/// utime + stime (all threads) and utime alone, in seconds.
-pub fn proc_cpu(pid: u32) -> Result<(f64, f64), String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
-    // Fields after the command name (which may contain spaces) start at ") ".
-    let rest = s.rsplit_once(')').map(|x| x.1).ok_or("bad /proc stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime is field 14, stime field 15.
-    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).ok_or("utime")?;
-    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).ok_or("stime")?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(((ut + st) / hz, ut / hz))
+/// The backend's CPU counters now: ticks (utime, stime) and the nanosecond run time of its
+/// threads (`/proc/<pid>/task/*/schedstat`).
+fn snap(pid: u32) -> Result<ProcCpu, String> {
+    bench_proc_cpu(pid).ok_or_else(|| format!("/proc/{pid}/stat unreadable"))
+}
+
+/// CPU seconds between two snapshots: the schedstat run time (ns resolution; a 2,000-round-trip
+/// window holds only a few 10 ms ticks) when it agrees with the ticks, else the ticks.
+fn secs(a: &ProcCpu, b: &ProcCpu) -> f64 {
+    b.since(a).total()
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -225,11 +230,11 @@ fn round_trips(vm: &mut Vm, uds: &Path, port: u32, pid: u32) -> Result<(Vec<f64>
         let mut s = host::connect_guest(uds, port, Duration::from_secs(10))?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok();
         let mut us = Vec::with_capacity(RTT_ITERS);
-        let mut c0 = 0.0;
+        let mut c0 = ProcCpu::default();
         let mut back = [0u8; 64];
         for i in 0..RTT_WARMUP + RTT_ITERS {
             if i == RTT_WARMUP {
-                c0 = proc_cpu(pid)?.0;
+                c0 = snap(pid)?;
             }
             let mut msg = [(i % 251) as u8; 64];
             msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -246,7 +251,7 @@ fn round_trips(vm: &mut Vm, uds: &Path, port: u32, pid: u32) -> Result<(Vec<f64>
                 us.push(dt.as_secs_f64() * 1e6);
             }
         }
-        let cpu = proc_cpu(pid)?.0 - c0;
+        let cpu = secs(&c0, &snap(pid)?);
         Ok((us, cpu))
     })();
     let guest = vm.wait_result(id, Duration::from_secs(60));
@@ -285,7 +290,7 @@ fn one_run(o: &MeasureOptions, backend: &str, dir: &Path) -> Result<Run, String>
     .map_err(tails)?;
     let bytes = o.mib * 1024 * 1024;
     let pid = b.pid();
-    let (c0, u0) = proc_cpu(pid)?;
+    let s0 = snap(pid)?;
     let t0 = Instant::now();
     let mut run = Run {
         cpu_s: 0.0,
@@ -298,24 +303,44 @@ fn one_run(o: &MeasureOptions, backend: &str, dir: &Path) -> Result<Run, String>
         h2g_cpu_s: 0.0,
         rtt_us: Vec::new(),
         rtt_cpu_s: 0.0,
+        pattern: Default::default(),
+    };
+    // The log's length at phase boundaries: each phase's data-path lines are its own slice.
+    let at = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let add = |p: &mut Pattern, from: u64, to: u64| {
+        if o.pattern {
+            let q = Pattern::read(&log, from, to);
+            for (t, x) in [(&mut p.rx, q.rx), (&mut p.tx, q.tx)] {
+                t.kicks += x.kicks;
+                t.kick_reads += x.kick_reads;
+                t.passes += x.passes;
+                t.chains += x.chains;
+                t.payload += x.payload;
+                t.signals += x.signals;
+            }
+        }
     };
     for i in 0..o.count {
-        let a = proc_cpu(pid)?.0;
+        let (a, la) = (snap(pid)?, at());
         let r = g2h(&mut vm, &spec.uds, 1235 + 2 * i, bytes, 100 + i as u64).map_err(tails)?;
-        let b = proc_cpu(pid)?.0;
+        let (b, lb) = (snap(pid)?, at());
+        add(&mut run.pattern[0], la, lb);
         run.g2h_mbps.push(r);
-        run.g2h_cpu_s += b - a;
+        run.g2h_cpu_s += secs(&a, &b);
         let r = h2g(&mut vm, &spec.uds, 5002 + 2 * i, bytes, 200 + i as u64).map_err(tails)?;
-        run.h2g_cpu_s += proc_cpu(pid)?.0 - b;
+        run.h2g_cpu_s += secs(&b, &snap(pid)?);
+        add(&mut run.pattern[1], lb, at());
         run.h2g_mbps.push(r);
     }
-    let (c1, u1) = proc_cpu(pid)?;
+    let s1 = snap(pid)?;
+    let lr = at();
     let (rtt, rtt_cpu) = round_trips(&mut vm, &spec.uds, 5100, pid).map_err(tails)?;
+    add(&mut run.pattern[2], lr, at());
     run.rtt_us = rtt;
     run.rtt_cpu_s = rtt_cpu;
     run.wall_s = t0.elapsed().as_secs_f64();
-    run.cpu_s = c1 - c0;
-    run.user_s = u1 - u0;
+    run.cpu_s = secs(&s0, &s1);
+    run.user_s = s1.since(&s0).user;
     run.gib = (2 * o.count as u64 * bytes) as f64 / (1u64 << 30) as f64;
     vm.shutdown(Duration::from_secs(10));
     if !b.alive() {
@@ -342,7 +367,7 @@ pub fn main(o: &MeasureOptions) -> bool {
     }
     println!(
         "measure: {} round(s), per run {} × {} MiB guest→host and {} × {} MiB host→guest, -smp 1, \
-         CPU = backend utime+stime from /proc/<pid>/stat over the transfers (boot excluded)",
+         CPU = backend thread run time from /proc/<pid>/task/*/schedstat (utime+stime if they disagree) over the transfers (boot excluded)",
         o.rounds, o.count, o.mib, o.count, o.mib
     );
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); o.backends.len()];
@@ -377,6 +402,17 @@ pub fn main(o: &MeasureOptions) -> bool {
                             .join("/"),
                         r.wall_s
                     );
+                    if o.pattern && r.pattern.iter().any(|p| !p.is_empty()) {
+                        println!("{}", pattern::HEADER);
+                        for (phase, p) in ["g2h bulk", "h2g bulk", "round trips"]
+                            .iter()
+                            .zip(&r.pattern)
+                        {
+                            for row in pattern::rows(phase, p) {
+                                println!("{row}");
+                            }
+                        }
+                    }
                     runs[i].push(r);
                 }
                 Err(e) => {
@@ -388,7 +424,7 @@ pub fn main(o: &MeasureOptions) -> bool {
     }
     println!(
         "measure: summary (medians over runs; MB/s medians over all transfers, min–max; CPU = backend \
-         utime+stime, 10 ms ticks)"
+         schedstat run time)"
     );
     println!(
         "  {:<20} {:>4} {:>9} {:>9} {:>9} {:>18} {:>18} {:>9} {:>9} {:>11}",

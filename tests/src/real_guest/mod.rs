@@ -10,6 +10,7 @@ pub mod initramfs;
 pub mod iommu;
 pub mod kernels;
 pub mod measure;
+pub mod pattern;
 pub mod proto;
 pub mod qemu;
 pub mod runner;

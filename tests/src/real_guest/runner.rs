@@ -52,6 +52,10 @@ const USAGE: &str = "usage: real-guest [options]
   --rounds N                measure rounds per backend (default 3)
   --transfers N             transfers each way per run (default 3)
   --mib N                   MiB per transfer (default 256)
+  --pattern                 --measure with the plugin's data-path trace on (RUST_LOG adds
+                            vsock_plugin::datapath=trace): per phase (g2h, h2g, round trips) the
+                            guest's kicks, packets per kick, bytes per packet and used-ring signals
+                            per packet, each queue (plugin backends only; CPU figures then include logging)
   --binder                  instead of the cases: the control plane over kernel binder in a guest
                             (generic 6.12 kernel from `setup --generic`, binder_linux, rsb_hub, a
                             static vsock-plugin with --control binder://vsock, ctl calls)
@@ -87,6 +91,7 @@ struct Options {
     rounds: u32,
     transfers: u32,
     mib: u64,
+    pattern: bool,
 }
 
 fn target_dir() -> Option<PathBuf> {
@@ -123,6 +128,7 @@ fn parse_args() -> Result<Options, String> {
         rounds: 3,
         transfers: 3,
         mib: 256,
+        pattern: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -142,6 +148,10 @@ fn parse_args() -> Result<Options, String> {
                 o.backends.push(o.backend.clone());
             }
             "--measure" => o.measure = true,
+            "--pattern" => {
+                o.measure = true;
+                o.pattern = true;
+            }
             "--binder" => o.binder = true,
             "--guest-plugin" => o.guest_plugin = Some(val()?.into()),
             "--rsb-hub" => o.rsb_hub = Some(val()?.into()),
@@ -344,8 +354,13 @@ pub fn main() -> ExitCode {
         }
     };
     if o.measure && std::env::var_os("RUST_LOG").is_none() {
-        // Logging is not what is measured.
-        std::env::set_var("RUST_LOG", "warn");
+        // Logging is not what is measured (except the data-path lines --pattern reads).
+        let filter = if o.pattern {
+            "warn,vsock_plugin::datapath=trace"
+        } else {
+            "warn"
+        };
+        std::env::set_var("RUST_LOG", filter);
     }
     let started = Instant::now();
     let require = std::env::var("VSOCK_REAL_GUEST_REQUIRE").is_ok_and(|v| v == "1");
@@ -1105,6 +1120,7 @@ fn run_measure(o: &Options, all: &[Kernel], qemu: &Path, agent: &Path, workdir: 
             ..Default::default()
         },
         dir: workdir.to_path_buf(),
+        pattern: o.pattern,
     };
     let ok = measure::main(&mo);
     if ok && !o.keep && o.workdir.is_none() {

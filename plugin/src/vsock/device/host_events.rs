@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::epoll::{ControlOperation, EventSet};
 
 use super::interests::{Source, GEN_MASK};
 use super::{
@@ -281,18 +281,51 @@ impl VsockDevice {
         None
     }
 
-    /// Watches a connection's host socket under the slot's current generation. `was_client`:
-    /// it is the socket of a host client that sent its CONNECT line (already in the set).
+    /// Watches a connection's host socket under the slot's current generation: readable, read
+    /// hang-up; writable only once a write came up short (see [`Self::sync_host_interest`]).
+    /// `was_client`: it is the socket of a host client that sent its CONNECT line (already in
+    /// the set).
     pub(super) fn watch_host(&self, sock: &UnixStream, slot: u32, was_client: bool) -> bool {
+        let op = if was_client {
+            ControlOperation::Modify
+        } else {
+            ControlOperation::Add
+        };
+        self.host_interest(op, sock, slot, false)
+    }
+
+    fn host_interest(&self, op: ControlOperation, sock: &UnixStream, slot: u32, out: bool) -> bool {
         let generation = self.conns.generation(slot);
         let res = self
             .interests
-            .watch_conn(sock.as_raw_fd(), slot, generation, was_client);
+            .watch_conn(op, sock.as_raw_fd(), slot, generation, out);
         if let Err(e) = res {
             crate::log_limited!(Warn, "cannot watch host socket: {e}");
             return false;
         }
         true
+    }
+
+    /// Brings the EPOLLOUT interest of the connections noted this round in line with their
+    /// state: watched exactly while a write came up short (`host_writable` false).
+    pub fn sync_host_interest(&mut self) {
+        for slot in std::mem::take(&mut self.out_dirty) {
+            let Some(conn) = self.conns.get(slot) else {
+                continue;
+            };
+            let want = !conn.host_writable;
+            let Some(sock) = conn.host.as_ref() else {
+                continue;
+            };
+            if want != conn.out_watched
+                && self.host_interest(ControlOperation::Modify, sock, slot, want)
+            {
+                // Added with EPOLLET, the socket's current writability is reported at once.
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.out_watched = want;
+                }
+            }
+        }
     }
 
     /// Readiness of a connection's host socket changed.
@@ -307,6 +340,7 @@ impl VsockDevice {
         }
         if events.contains(EventSet::OUT) {
             conn.host_writable = true;
+            self.out_dirty.push(slot);
         }
         let hup = events.contains(EventSet::HANG_UP);
         let rdhup = events.contains(EventSet::READ_HANG_UP);

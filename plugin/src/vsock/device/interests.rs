@@ -115,21 +115,23 @@ impl Interests {
         self.ctl(ControlOperation::Add, fd, EpollEvent::new(ev, token))
     }
 
-    /// A connection's host socket, edge-triggered both ways. `was_client`: the socket is
-    /// already registered as a waiting client (its registration is replaced).
+    /// A connection's host socket, edge-triggered: readable and read hang-up always, writable
+    /// only when `out` (the device watches EPOLLOUT only while a write came up short: a
+    /// writable Unix socket reports EPOLLOUT each time its reader frees space, one wake-up per
+    /// guest packet under a steady stream). `op`: Add for a new socket, Modify for one already
+    /// registered (a host client that sent its CONNECT line, or a change of `out`).
     pub(super) fn watch_conn(
         &self,
+        op: ControlOperation,
         fd: RawFd,
         slot: u32,
         generation: u32,
-        was_client: bool,
+        out: bool,
     ) -> io::Result<()> {
-        let ev = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        let op = if was_client {
-            ControlOperation::Modify
-        } else {
-            ControlOperation::Add
-        };
+        let mut ev = EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        if out {
+            ev |= EventSet::OUT;
+        }
         let token = Source::Conn { slot, generation }.encode();
         self.ctl(op, fd, EpollEvent::new(ev, token))
     }

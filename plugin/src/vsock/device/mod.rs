@@ -57,6 +57,10 @@ use interests::{EventRegistry, Interests};
 
 /// Largest payload of one packet we build (the virtio-vsock maximum, 64 KiB).
 pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;
+/// Log target of the data-path pattern lines (guest kicks, chains and payload bytes per pass,
+/// used-ring signals), at trace level: `RUST_LOG=vsock_plugin::datapath=trace` shows only these
+/// (`real-guest --measure --pattern` reads them). Off, each costs one level check.
+pub const DATAPATH_LOG: &str = "vsock_plugin::datapath";
 /// Control packets waiting for rx buffers before the tx queue pauses and host connects are
 /// refused. The queue is bounded: beyond this, only packets about existing connections are
 /// added (at most a SHUTDOWN and an RST each), and a connection whose REQUEST never left the
@@ -147,6 +151,9 @@ pub struct VsockDevice {
     tx_batch_scratch: Vec<(GuestAddress, usize)>,
     /// Extra rx chains filled by the last read, to complete right after the first one.
     rx_extra_used: Vec<(u16, u32)>,
+    /// Connections whose host socket may have become (un)writable this round: their EPOLLOUT
+    /// interest is brought in line by [`VsockDevice::sync_host_interest`].
+    out_dirty: Vec<u32>,
     /// Set when a control plane decides where guest connections go.
     host_router: Option<Box<dyn RouteRequests>>,
     events: Option<Box<dyn ConnectionEvents>>,
@@ -185,6 +192,7 @@ impl VsockDevice {
             rx_ranges: Vec::new(),
             tx_batch_scratch: Vec::new(),
             rx_extra_used: Vec::new(),
+            out_dirty: Vec::new(),
             host_router: None,
             events: None,
             limits: None,

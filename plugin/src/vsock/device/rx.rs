@@ -4,7 +4,7 @@ use std::io;
 use std::time::Instant;
 
 use super::socket_io::{read_host_message, read_stream};
-use super::{host_ends, Control, Rings, VsockDevice, MAX_PKT_PAYLOAD, MAX_RX_GATHER};
+use super::{host_ends, Control, Rings, VsockDevice, DATAPATH_LOG, MAX_PKT_PAYLOAD, MAX_RX_GATHER};
 use crate::iotlb::DeviceMemory;
 use crate::virtio::{EVENT_QUEUE, EVENT_TRANSPORT_RESET, RX_QUEUE};
 use crate::virtqueue::chain::ChainBuffers;
@@ -23,6 +23,7 @@ impl VsockDevice {
             return;
         }
         let mut used_any = false;
+        let (mut chains, mut payload) = (0usize, 0usize);
         loop {
             if self.control.is_empty() && !self.sibling.has_packets() && self.rx_ready.is_empty() {
                 break;
@@ -55,8 +56,12 @@ impl VsockDevice {
             match written {
                 Some(n) => {
                     rings.vrings[RX_QUEUE].add_used(mem, chain.head, n as u32);
+                    payload += n.saturating_sub(HEADER_SIZE);
+                    chains += 1;
                     for (head, len) in self.rx_extra_used.drain(..) {
                         rings.vrings[RX_QUEUE].add_used(mem, head, len);
+                        payload += (len as usize).saturating_sub(HEADER_SIZE);
+                        chains += 1;
                         self.stats.rx_packets += 1;
                     }
                     self.stats.rx_packets += 1;
@@ -74,7 +79,9 @@ impl VsockDevice {
             }
         }
         if used_any {
-            rings.vrings[RX_QUEUE].notify(mem);
+            let signalled = rings.vrings[RX_QUEUE].notify(mem);
+            log::trace!(target: DATAPATH_LOG,
+                "rx pass chains={chains} payload={payload} signal={}", signalled as u8);
         }
     }
 

@@ -8,7 +8,8 @@ use vm_memory::GuestAddress;
 
 use super::socket_io::queue_stream;
 use super::{
-    Rings, VsockDevice, CONTROL_BACKLOG, MAX_BATCH_BYTES, MAX_HELD_CHAINS, MAX_PKT_PAYLOAD,
+    Rings, VsockDevice, CONTROL_BACKLOG, DATAPATH_LOG, MAX_BATCH_BYTES, MAX_HELD_CHAINS,
+    MAX_PKT_PAYLOAD,
 };
 use crate::host::unix::{self, Connect};
 use crate::iotlb::DeviceMemory;
@@ -45,6 +46,7 @@ impl VsockDevice {
             tx.disable_notification(mem);
             self.tx_paused = false;
             let mut heads: Vec<u16> = Vec::new();
+            let (mut chains, mut payload) = (0usize, 0usize);
             loop {
                 if self.control.len() >= CONTROL_BACKLOG {
                     self.tx_paused = true;
@@ -57,13 +59,16 @@ impl VsockDevice {
                     break;
                 };
                 self.handle_tx_chain(&chain, mem, &mut batch);
+                chains += 1;
+                payload += chain.readable.len().saturating_sub(HEADER_SIZE);
                 heads.push(chain.head);
             }
-            let used_any = !heads.is_empty();
             self.return_tx_chains(rings, &mut heads, &mut batch);
             let tx = &mut rings.vrings[TX_QUEUE];
-            if used_any {
-                tx.notify(mem);
+            if chains > 0 {
+                let signalled = tx.notify(mem);
+                log::trace!(target: DATAPATH_LOG,
+                    "tx pass chains={chains} payload={payload} signal={}", signalled as u8);
             }
             if self.tx_paused || !tx.enable_notification(mem) {
                 break;
@@ -115,6 +120,10 @@ impl VsockDevice {
                 }
                 Err(e) => Err(e),
             };
+            if !conn.host_writable {
+                // A write came up short: watch for EPOLLOUT (sync_host_interest).
+                self.out_dirty.push(slot);
+            }
             if let Err(e) = queued {
                 crate::log_limited!(Info, "host side of {:?} failed: {e}; reset", conn.key);
                 self.reset_conn(slot);
@@ -472,6 +481,9 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
+        if !conn.host_writable {
+            self.out_dirty.push(slot);
+        }
         if conn.credit.update_worthwhile() {
             let (key, k) = (conn.key, conn.kind);
             self.queue_credit_update(slot, key, k);
@@ -489,6 +501,7 @@ impl VsockDevice {
                 self.reset_conn(slot);
             } else {
                 conn.state.start_closing(Instant::now());
+                self.out_dirty.push(slot);
             }
         } else {
             conn.propagate_guest_shutdown();
