@@ -22,7 +22,7 @@
 //! [`Plugin::start`] runs one [`worker::VmWorker`] thread per configured VM.
 
 pub mod config;
-pub mod control;
+pub(crate) mod control;
 pub mod host;
 pub mod iotlb;
 pub mod log_limit;
@@ -33,7 +33,7 @@ pub mod vhost_user;
 pub mod virtio;
 pub mod virtqueue;
 pub mod vsock;
-pub mod worker;
+pub(crate) mod worker;
 
 #[cfg(test)]
 mod testing;

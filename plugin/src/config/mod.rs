@@ -7,7 +7,7 @@
 
 pub mod cli;
 pub mod file;
-pub mod namespace;
+pub(crate) mod namespace;
 pub mod vm_args;
 mod vm_spec;
 

@@ -5,6 +5,6 @@
 //!   `<uds-path>` for host → guest.
 //! - [`sibling`]: guest ↔ guest within one process, by group.
 pub mod connect_line;
-pub mod route;
+pub(crate) mod route;
 pub mod sibling;
-pub mod unix;
+pub(crate) mod unix;

@@ -38,12 +38,12 @@
 //! device.
 
 pub mod message;
-pub mod miss;
+pub(crate) mod miss;
 pub mod policy;
 #[cfg(feature = "iotlb")]
 pub mod table;
 #[cfg(not(feature = "iotlb"))]
-pub mod untranslated;
+pub(crate) mod untranslated;
 
 use vm_memory::{GuestMemoryMmap, Permissions};
 

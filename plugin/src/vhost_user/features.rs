@@ -13,8 +13,8 @@
 use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
 
 pub use crate::virtio::{
-    EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_VSOCK_F_SEQPACKET,
+    NUM_QUEUES, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_VSOCK_F_SEQPACKET,
 };
 
 /// The vhost-user bit in the virtio feature word (vhost-user spec, not virtio).

@@ -8,13 +8,10 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub enum FrontendListener {
-    Listening {
-        listener: UnixListener,
-        path: Option<PathBuf>,
-    },
+    Listening(UnixListener),
     /// An inherited connected stream: serves exactly one frontend.
     Connected(Option<UnixStream>),
 }
@@ -23,10 +20,7 @@ impl FrontendListener {
     /// Listens at `path`, a socket file of mode `mode`.
     pub fn bind(path: &Path, mode: u32) -> io::Result<FrontendListener> {
         let listener = crate::host::unix::bind_listener(path, mode)?;
-        Ok(FrontendListener::Listening {
-            listener,
-            path: Some(path.to_path_buf()),
-        })
+        Ok(FrontendListener::Listening(listener))
     }
 
     /// Takes ownership of an inherited fd.
@@ -65,10 +59,7 @@ impl FrontendListener {
         if listening != 0 {
             let listener = UnixListener::from(owned);
             listener.set_nonblocking(true)?;
-            Ok(FrontendListener::Listening {
-                listener,
-                path: None,
-            })
+            Ok(FrontendListener::Listening(listener))
         } else {
             Ok(FrontendListener::Connected(Some(UnixStream::from(owned))))
         }
@@ -77,7 +68,7 @@ impl FrontendListener {
     /// The fd to watch for new frontends (None for an inherited stream).
     pub fn listen_fd(&self) -> Option<RawFd> {
         match self {
-            FrontendListener::Listening { listener, .. } => Some(listener.as_raw_fd()),
+            FrontendListener::Listening(listener) => Some(listener.as_raw_fd()),
             FrontendListener::Connected(_) => None,
         }
     }
@@ -85,7 +76,7 @@ impl FrontendListener {
     /// The next frontend: the inherited stream once, or an accepted connection.
     pub fn next_frontend(&mut self) -> io::Result<Option<UnixStream>> {
         match self {
-            FrontendListener::Listening { listener, .. } => match listener.accept() {
+            FrontendListener::Listening(listener) => match listener.accept() {
                 Ok((s, _)) => Ok(Some(s)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
                 Err(e) => Err(e),
@@ -96,13 +87,6 @@ impl FrontendListener {
 
     /// Can another frontend ever arrive?
     pub fn can_accept(&self) -> bool {
-        matches!(self, FrontendListener::Listening { .. })
-    }
-
-    pub fn path(&self) -> Option<&Path> {
-        match self {
-            FrontendListener::Listening { path, .. } => path.as_deref(),
-            FrontendListener::Connected(_) => None,
-        }
+        matches!(self, FrontendListener::Listening(_))
     }
 }

@@ -87,10 +87,6 @@ impl MemoryTable {
         self.memory.as_ref()
     }
 
-    pub fn regions(&self) -> impl Iterator<Item = &RegionSpec> {
-        self.regions.iter().map(|r| &r.spec)
-    }
-
     /// Replaces the whole table (SET_MEM_TABLE).
     pub fn set_all(&mut self, specs: Vec<(RegionSpec, File)>) -> Result<(), MemoryError> {
         if specs.len() > MAX_REGIONS {
@@ -136,13 +132,6 @@ impl MemoryTable {
             .map(|(_, r)| r.share())
             .collect();
         self.install(regions)
-    }
-
-    /// Drops every mapping (frontend gone, or RESET).
-    pub fn clear(&mut self) {
-        let old = std::mem::take(&mut self.regions);
-        self.retire(old);
-        self.memory = None;
     }
 
     /// Why the guest memory can no longer be trusted: an access to a region whose fd shrank
@@ -376,9 +365,9 @@ mod tests {
             Err(MemoryError::Map { .. })
         ));
         // Failed changes left the table intact.
-        assert_eq!(t.regions().count(), 2);
+        assert_eq!(t.regions.len(), 2);
         t.remove(&spec(0, 0x10000, 0x7f00_0000_0000, 0)).unwrap();
-        assert_eq!(t.regions().count(), 1);
+        assert_eq!(t.regions.len(), 1);
         assert_eq!(t.va_to_gpa(0x7f00_0000_0000, 1), None);
     }
 
@@ -448,7 +437,7 @@ mod tests {
         // Writes to the replaced page do not fault either.
         m.write_obj(7u32, GuestAddress(0x12004)).unwrap();
         drop(m);
-        t.clear();
+        t.set_all(Vec::new()).unwrap();
         assert_eq!(t.fault(), None, "a new table starts clean");
 
         // Sealed against shrinking: no guard, and the truncation is refused by the kernel.

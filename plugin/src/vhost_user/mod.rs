@@ -11,12 +11,12 @@
 //! - [`memory`]: the guest memory table and frontend-VA → guest-physical translation.
 //! - [`features`]: what is offered and accepted.
 //! - [`fault_guard`]: SIGBUS containment for guest RAM whose fd can still shrink.
-pub mod fault_guard;
-pub mod features;
-pub mod listener;
-pub mod memory;
-pub mod reader;
+pub(crate) mod fault_guard;
+pub(crate) mod features;
+pub(crate) mod listener;
+pub(crate) mod memory;
+pub(crate) mod reader;
 pub mod session;
 pub mod session_error;
-pub mod slot;
+pub(crate) mod slot;
 pub mod wire;

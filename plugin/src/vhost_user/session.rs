@@ -128,11 +128,6 @@ impl FrontendSession {
         self.reader.started()
     }
 
-    /// Guest memory for the data path, once the frontend shared it.
-    pub fn device_memory(&self) -> Option<&Arc<DeviceMemory>> {
-        self.memory.memory().map(|_| &self.mem)
-    }
-
     pub fn translated(&self) -> bool {
         self.translated
     }

@@ -1,5 +1,5 @@
 //! Virtqueues: the split rings a frontend hands over ([`vring`]) and the buffers of one
 //! descriptor chain ([`chain`]).
 pub mod chain;
-pub mod guest_io;
+pub(crate) mod guest_io;
 pub mod vring;

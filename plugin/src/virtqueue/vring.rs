@@ -15,7 +15,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::chain::{ChainBuffers, ChainError};
+use super::chain::ChainBuffers;
 use crate::iotlb::DeviceMemory;
 use crate::iotlb::TranslationFail;
 
@@ -41,12 +41,7 @@ pub enum VringError {
     BadAddress(String),
     #[error("ring layout is not inside guest memory")]
     NotInMemory,
-    #[error("ring is broken: {0}")]
-    Broken(String),
 }
-
-/// A popped chain, or the reason the ring broke while popping.
-pub type Popped = Result<ChainBuffers, ChainError>;
 
 pub struct Vring {
     queue: Queue,
@@ -146,10 +141,6 @@ impl Vring {
 
     pub fn set_enabled(&mut self, on: bool) {
         self.enabled = on;
-    }
-
-    pub fn is_enabled(&self) -> bool {
-        self.enabled
     }
 
     pub fn is_started(&self) -> bool {

@@ -21,7 +21,8 @@ use std::time::Instant;
 use super::packet::shutdown;
 use super::status::State;
 
-/// One direction of a connection.
+/// One direction of a connection, as the state machine's tests read it ([`ConnState::directions`]).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     /// Bytes may move.
@@ -33,6 +34,7 @@ pub enum Flow {
 }
 
 /// What is open in which direction.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Directions {
     pub to_host: Flow,
@@ -114,6 +116,8 @@ impl ConnState {
         matches!(self.state, State::Closing { .. })
     }
 
+    /// What is open in which direction, derived from the flags (the tests' summary of a state).
+    #[cfg(test)]
     pub fn directions(&self) -> Directions {
         let to_host = if self.host_write_shut || self.host_hup {
             Flow::Closed

@@ -7,10 +7,10 @@
 //! - [`conn_table`]: the connections of a VM.
 //! - [`status`]: keys, phases, snapshots and counters others read (a leaf module).
 //! - [`device`]: moving packets between virtqueues, host sockets and sibling VMs.
-pub mod conn_table;
-pub mod connection;
-pub mod credit;
-pub mod csm;
+pub(crate) mod conn_table;
+pub(crate) mod connection;
+pub(crate) mod credit;
+pub(crate) mod csm;
 pub mod device;
-pub mod packet;
-pub mod status;
+pub(crate) mod packet;
+pub(crate) mod status;

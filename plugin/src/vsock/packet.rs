@@ -158,7 +158,7 @@ impl PacketHeader {
         }
     }
 
-    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
+    pub fn to_bytes(self) -> [u8; HEADER_SIZE] {
         let mut out = [0u8; HEADER_SIZE];
         out.copy_from_slice(self.as_slice());
         out

@@ -47,7 +47,7 @@ use crate::virtqueue::vring::Vring;
 
 mod drain;
 mod host_events;
-pub mod interests;
+pub(crate) mod interests;
 mod rx;
 mod sibling_out;
 mod socket_io;
@@ -314,10 +314,6 @@ impl VsockDevice {
             ev.closed(conn.key, reason);
         }
         Some(conn)
-    }
-
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
     }
 
     /// Features were negotiated: remember whether SEQPACKET is on.

@@ -85,11 +85,6 @@ impl VsockDevice {
         }
     }
 
-    /// Whether rx work is waiting (for the worker's decision to re-run tx after rx drained).
-    pub fn rx_backlog(&self) -> usize {
-        self.control.len()
-    }
-
     /// Puts `slot` in the rx ready queue if it has host data for the guest.
     pub(super) fn mark_rx(&mut self, slot: u32) {
         if let Some(conn) = self.conns.get_mut(slot) {
