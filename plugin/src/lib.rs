@@ -21,6 +21,7 @@ pub mod log_limit;
 pub mod panic_exit;
 pub mod readiness;
 pub mod sandbox;
+pub mod snapshot;
 pub mod vhost_user;
 pub mod virtqueue;
 pub mod vsock;

@@ -63,8 +63,10 @@ fn main() -> ExitCode {
                 "not built (iotlb=off only)"
             };
             println!(
-                "vsock-plugin {}\nIOTLB translation: {iotlb}",
-                env!("CARGO_PKG_VERSION")
+                "vsock-plugin {}\nIOTLB translation: {iotlb}\nsnapshot/restore: \
+                 VHOST_USER_PROTOCOL_F_DEVICE_STATE, state format v{}",
+                env!("CARGO_PKG_VERSION"),
+                vsock_plugin::snapshot::format::FORMAT_VERSION
             );
             return ExitCode::SUCCESS;
         }

@@ -194,6 +194,7 @@ fn schema_lines() -> Vec<String> {
     for file in [
         vsock_plugin_proto::config::file_descriptor(),
         vsock_plugin_proto::control::file_descriptor(),
+        vsock_plugin_proto::device_state::file_descriptor(),
     ] {
         for m in file.messages() {
             for f in m.fields() {
@@ -213,6 +214,7 @@ fn reserved(full_name: &str, number: i32) -> bool {
     for file in [
         vsock_plugin_proto::config::file_descriptor(),
         vsock_plugin_proto::control::file_descriptor(),
+        vsock_plugin_proto::device_state::file_descriptor(),
     ] {
         if let Some(m) = file.messages().find(|m| m.full_name() == full_name) {
             return m
@@ -280,6 +282,7 @@ fn every_enum_starts_with_unspecified_zero() {
     for file in [
         vsock_plugin_proto::config::file_descriptor(),
         vsock_plugin_proto::control::file_descriptor(),
+        vsock_plugin_proto::device_state::file_descriptor(),
     ] {
         for e in file.enums() {
             let first = e.values().next().unwrap();

@@ -9,7 +9,9 @@
 //! - [`session`]: request handlers and the state of one frontend connection.
 //! - [`memory`]: the guest memory table and frontend-VA → guest-physical translation.
 //! - [`features`]: what is offered and accepted.
+//! - [`device_state`]: the pipe of a DEVICE_STATE transfer (snapshot/restore).
 //! - [`fault_guard`]: SIGBUS containment for guest RAM whose fd can still shrink.
+pub mod device_state;
 pub mod fault_guard;
 pub mod features;
 pub mod listener;

@@ -48,6 +48,7 @@ mod drain;
 mod host_events;
 mod rx;
 mod sibling_out;
+pub mod snapshot;
 mod socket_io;
 mod tx;
 
@@ -154,6 +155,8 @@ pub struct VsockDevice {
     host_router: Option<Box<dyn RouteRequests>>,
     events: Option<Box<dyn ConnectionEvents>>,
     limits: Option<Box<dyn ConnectionLimits>>,
+    /// What a DEVICE_STATE restore left behind (see `snapshot`).
+    restored: snapshot::Restored,
 }
 
 /// One connection as status reports show it.
@@ -202,6 +205,7 @@ impl VsockDevice {
             host_router: None,
             events: None,
             limits: None,
+            restored: Default::default(),
         }
     }
 

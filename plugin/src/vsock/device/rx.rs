@@ -11,6 +11,10 @@ impl VsockDevice {
         if !rings.vrings[RX_QUEUE].is_ready() {
             return;
         }
+        if self.restored.rx_held() && rings.vrings[EVENT_QUEUE].is_ready() {
+            // After a restore the guest hears TRANSPORT_RESET first (see `snapshot`).
+            return;
+        }
         let mut used_any = false;
         loop {
             if self.control.is_empty() && !self.sibling.has_packets() && self.rx_ready.is_empty() {
@@ -344,6 +348,7 @@ impl VsockDevice {
         } else {
             rings.vrings[EVENT_QUEUE].add_used(mem, chain.head, id.len() as u32);
             self.transport_reset_pending = false;
+            self.restored.reset_delivered();
             crate::log_limited!(
                 Info,
                 "posted TRANSPORT_RESET to guest {}",
