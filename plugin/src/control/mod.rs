@@ -98,7 +98,6 @@ impl VmControl {
 
     /// Reports that the device runs a restored state.
     pub fn restored(&self, generation: u64) {
-        log::info!("guest {}: restored, generation {generation}", self.cid);
         if let Some(p) = self.plane.get() {
             p.device_restored(self.cid, generation);
         }

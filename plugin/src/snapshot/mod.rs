@@ -56,6 +56,7 @@ pub fn sync(
     }
     if let Some(state) = session.take_loaded_state() {
         device.restore_state(&state.device);
+        log::info!("[{name}] restored, generation {}", device.generation());
         if let Some(c) = control {
             c.restored(device.generation());
         }
