@@ -350,3 +350,24 @@ fn a_save_while_a_ring_runs_is_refused() {
         0x101
     );
 }
+
+/// Cuttlefish's suspend sends SIGTSTP to host processes (`process_monitor.cc`); the plugin must
+/// go on serving its frontend (crosvm's sleep and save come after that signal). Without the
+/// ignore, the default action stops the process and this handshake times out.
+#[test]
+fn sigtstp_does_not_stop_the_plugin() {
+    let p = plugin(&[]);
+    let pid = p.pid().unwrap() as i32;
+    // SAFETY: a signal to our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTSTP) }, 0);
+    std::thread::sleep(ms(200));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let state = stat.rsplit(')').next().unwrap().split_whitespace().next().unwrap();
+    assert_ne!(state, "T", "the plugin was stopped by SIGTSTP");
+    let mut vm = crosvm_vm(&p);
+    let (id, mut h, _l) = guest_to_host(&mut vm, &p, 6500);
+    vm.driver.send(id, b"not stopped").unwrap();
+    assert_eq!(read_exact_timeout(&mut h, 11, secs(5)).unwrap(), b"not stopped");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+}
