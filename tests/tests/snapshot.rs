@@ -371,3 +371,58 @@ fn sigtstp_does_not_stop_the_plugin() {
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
 }
+
+/// After a restore the TRANSPORT_RESET is owed even when the guest has not posted an event
+/// buffer yet: rx waits (a host connect's REQUEST is not delivered), and the event goes out as
+/// soon as a buffer is posted, before the REQUEST.
+#[test]
+fn the_reset_waits_for_an_event_buffer_and_rx_waits_for_the_reset() {
+    let a = plugin(&[]);
+    let mut vm = crosvm_vm(&a);
+    let features = vm.negotiated.features;
+    let (_bases, state) = sleep_and_save(&mut vm);
+    drop(a);
+
+    // The restored guest: fresh rings whose event buffers are not published yet.
+    let opts = VmOptions::crosvm();
+    let mem = std::sync::Arc::new(GuestMemory::new(&opts.mem_layout).unwrap());
+    mem.alloc(4096, 4096);
+    let driver = VsockDriver::new(mem.clone(), opts.queue_size, opts.driver.clone()).unwrap();
+    let evq_avail = driver.evq.as_ref().unwrap().avail;
+    let posted = mem.load_u16(evq_avail + 2, Ordering::Acquire);
+    assert!(posted > 0);
+    mem.store_u16(evq_avail + 2, 0, Ordering::Release);
+
+    let b = plugin(&[]);
+    let mut c = VhostUserClient::connect(&b.vm().socket).unwrap();
+    crosvm::new_frontend(&mut c, &CrosvmOptions::default()).unwrap();
+    assert_eq!(crosvm::restore(&mut c, features, false, &state, secs(5)).unwrap(), 0);
+    let mut vm = Vm {
+        client: c,
+        mem: mem.clone(),
+        driver,
+        negotiated: vm.negotiated.clone(),
+    };
+    wake(&mut vm, &[0, 0, 0]);
+    vm.driver.listen(7300);
+    let mut hc = hybrid_connect_raw(&b.vm().uds, &[b"connect 7300\n"]).unwrap();
+    std::thread::sleep(ms(500));
+    assert_eq!(vm.driver.rxq.used_idx(), 0, "rx used before the TRANSPORT_RESET");
+    assert_eq!(vm.driver.evq.as_ref().unwrap().used_idx(), 0);
+
+    // The guest posts its event buffers: the event first, then the REQUEST.
+    mem.store_u16(evq_avail + 2, posted, Ordering::Release);
+    vm.driver.evq.as_ref().unwrap().notify();
+    let deadline = std::time::Instant::now() + secs(5);
+    while vm.driver.rxq.used_idx() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the REQUEST never came");
+        std::thread::sleep(ms(2));
+    }
+    assert_eq!(vm.driver.evq.as_ref().unwrap().used_idx(), 1, "rx before the event");
+    assert_eq!(vm.driver.recv_event(secs(1)).unwrap(), Some(EVENT_TRANSPORT_RESET));
+    let req = vm.driver.wait_request(7300, secs(5)).unwrap().expect("REQUEST");
+    let id = vm.driver.accept_request(&req).unwrap();
+    assert_eq!(read_line(&mut hc, secs(5)).unwrap(), "OK 7300\n");
+    hc.write_all(b"fresh").unwrap();
+    assert_eq!(vm.driver.recv_exact(id, 5, secs(5)).unwrap(), b"fresh");
+}
