@@ -8,6 +8,7 @@
 //!                                    vsock::{packet, connection, credit, device}  the vsock protocol
 //!  host Unix sockets / sibling VMs ◄► host::{unix, connect_line, sibling}     hybrid vsock, VM-to-VM
 //!                                    worker                                   one event loop per VM
+//!                                    snapshot                                 DEVICE_STATE save/restore
 //!                                    config                                   one serde struct per VM
 //! ```
 //!
