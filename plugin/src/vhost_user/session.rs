@@ -879,8 +879,8 @@ mod tests {
             for i in 0..20_000 {
                 let request = match rng.below(4) {
                     0 => rng.below(50) as u32,
-                    _ => [2, 5, 8, 9, 10, 11, 12, 13, 14, 18, 22, 24, 34, 37, 38]
-                        [rng.below(15) as usize],
+                    _ => [2, 5, 8, 9, 10, 11, 12, 13, 14, 18, 22, 24, 34, 37, 38, 42, 43]
+                        [rng.below(17) as usize],
                 };
                 let size = match rng.below(6) {
                     0 => 0,

@@ -16,6 +16,7 @@
 //! - `virtio_wake` → `activate`: SET_FEATURES only if none was sent since the last reset (after a
 //!   sleep or a restore one was), SET_MEM_TABLE, then per queue SET_VRING_NUM, SET_VRING_ADDR,
 //!   SET_VRING_BASE(next avail), SET_VRING_CALL, SET_VRING_KICK, SET_VRING_ENABLE(1) ([`wake`]).
+//!
 //! No NEED_REPLY anywhere (crosvm negotiates REPLY_ACK but never sets it). The SET_DEVICE_STATE_FD
 //! reply is a u64: `0x100` = success, no fd returned (bits 0-7 the error).
 //!
