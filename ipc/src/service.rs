@@ -26,10 +26,11 @@ use crate::platform;
 use crate::policy::{PolicyTable, MAX_RULES};
 use crate::proto::config::IotlbPolicy;
 use crate::proto::control::{
-    capability, Capabilities, Capability, ConnectionEvent, ConnectionList, Counter, DeviceState,
-    DeviceRestoredEvent, DeviceStateEvent, Event, ExplainRouteRequest, IotlbCapability, ListConnectionsRequest,
-    MetricsRequest, PolicyAction, PolicyCapability, PolicyList, PolicyRequest, RouteInfo,
-    RouteKind, RouteList, RoutesRequest, SetPolicyRequest, StatusRequest,
+    capability, Capabilities, Capability, ConnectionEvent, ConnectionList, Counter,
+    DeviceRestoredEvent, DeviceState, DeviceStateEvent, Event, ExplainRouteRequest,
+    IotlbCapability, ListConnectionsRequest, MetricsRequest, PolicyAction, PolicyCapability,
+    PolicyList, PolicyRequest, RouteInfo, RouteKind, RouteList, RoutesRequest, SetPolicyRequest,
+    StatusRequest,
 };
 use crate::proto::{check_required_features, decode, encode, features, PayloadError};
 

@@ -219,9 +219,8 @@ fn a_restore_is_an_event_and_shows_its_generation_in_status() {
     )
     .unwrap();
     let (tx, rx) = mpsc::channel();
-    let l = vsock_plugin_ipc::platform::new_listener_binder(CollectEvents(std::sync::Mutex::new(
-        tx,
-    )));
+    let l =
+        vsock_plugin_ipc::platform::new_listener_binder(CollectEvents(std::sync::Mutex::new(tx)));
     c.registerEventListener(&l).unwrap();
 
     let opts = VmOptions::crosvm();

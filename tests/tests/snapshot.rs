@@ -16,25 +16,13 @@ use vsock_plugin_tests::frontend::crosvm_snapshot::{self as crosvm, StalledPipe}
 
 const ALL_RINGS: [u32; 3] = [0, 1, 2];
 
-/// A single-VM plugin with `env` (CID 3).
+/// A single-VM plugin (guest CID `cid`) with `env`.
 fn plugin_env(cid: u64, env: &[(&str, &str)]) -> PluginProcess {
-    let dir = TempDir::new().unwrap();
-    let vm = VmPaths {
-        guest_cid: cid,
-        socket: dir.join("v.sock"),
-        uds: dir.join("h.sock"),
-    };
-    let args = vec![
-        "--guest-cid".to_string(),
-        cid.to_string(),
-        "--socket".to_string(),
-        vm.socket.display().to_string(),
-        "--uds-path".to_string(),
-        vm.uds.display().to_string(),
-    ];
-    let env: Vec<(&str, &std::ffi::OsStr)> =
-        env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))).collect();
-    PluginProcess::spawn_with_env(dir, args, vec![vm], None, &env).unwrap()
+    let env: Vec<(&str, &std::ffi::OsStr)> = env
+        .iter()
+        .map(|(k, v)| (*k, std::ffi::OsStr::new(*v)))
+        .collect();
+    PluginProcess::single_cid_with_env(cid, &[], &env).unwrap()
 }
 
 fn crosvm_vm(p: &PluginProcess) -> Vm {
@@ -51,7 +39,14 @@ fn sleep_and_save(vm: &mut Vm) -> (Vec<u16>, Vec<u8>) {
 
 fn wake(vm: &mut Vm, bases: &[u16]) {
     let setups = vm.driver.vring_setups();
-    crosvm::wake(&mut vm.client, &vm.mem, &setups, bases, vm.negotiated.features).unwrap();
+    crosvm::wake(
+        &mut vm.client,
+        &vm.mem,
+        &setups,
+        bases,
+        vm.negotiated.features,
+    )
+    .unwrap();
     vm.driver.kick_all();
 }
 
@@ -93,15 +88,25 @@ fn snapshot_then_resume_keeps_connections_and_bytes_both_ways() {
     hb.write_all(&to_guest[80_000..120_000]).unwrap();
     let rx_used = vm.driver.rxq.used_idx();
     std::thread::sleep(ms(300));
-    assert_eq!(vm.driver.rxq.used_idx(), rx_used, "rx ring used while asleep");
+    assert_eq!(
+        vm.driver.rxq.used_idx(),
+        rx_used,
+        "rx ring used while asleep"
+    );
 
     wake(&mut vm, &bases);
     vm.driver.send(g2h, &to_host[120_000..]).unwrap();
     hb.write_all(&to_guest[120_000..]).unwrap();
     got_host.extend(read_exact_timeout(&mut ha, 120_000, secs(10)).unwrap());
     got_guest.extend(vm.driver.recv_exact(h2g, 120_000, secs(10)).unwrap());
-    assert!(got_host == to_host, "guest → host bytes differ after snapshot + resume");
-    assert!(got_guest == to_guest, "host → guest bytes differ after snapshot + resume");
+    assert!(
+        got_host == to_host,
+        "guest → host bytes differ after snapshot + resume"
+    );
+    assert!(
+        got_guest == to_guest,
+        "host → guest bytes differ after snapshot + resume"
+    );
     assert_eq!(vm.driver.conn(g2h).state, ConnState::Established);
     assert!(vm.driver.anomalies.is_empty(), "{:?}", vm.driver.anomalies);
     let saved = format::decode(&state, 3, vm.negotiated.features).unwrap();
@@ -147,7 +152,10 @@ fn restore_into_a_new_process_resets_the_guest_then_serves_new_connections() {
         assert!(std::time::Instant::now() < deadline, "no TRANSPORT_RESET");
         std::thread::sleep(ms(2));
     }
-    assert_eq!(vm.driver.recv_event(secs(1)).unwrap(), Some(EVENT_TRANSPORT_RESET));
+    assert_eq!(
+        vm.driver.recv_event(secs(1)).unwrap(),
+        Some(EVENT_TRANSPORT_RESET)
+    );
     assert_eq!(vm.driver.conn(g2h).state, ConnState::Reset);
     assert_eq!(vm.driver.conn(h2g).state, ConnState::Reset);
     vm.driver.pump_for(ms(300)).unwrap();
@@ -161,10 +169,16 @@ fn restore_into_a_new_process_resets_the_guest_then_serves_new_connections() {
     let id = vm.driver.connect(HOST_CID, 6101, TYPE_STREAM).unwrap();
     let mut h = accept_timeout(&listener, secs(5)).unwrap();
     vm.driver.send(id, b"after restore").unwrap();
-    assert_eq!(read_exact_timeout(&mut h, 13, secs(5)).unwrap(), b"after restore");
+    assert_eq!(
+        read_exact_timeout(&mut h, 13, secs(5)).unwrap(),
+        b"after restore"
+    );
     let (h2g_new, mut hn) = host_to_guest(&mut vm, &b, 7101);
     hn.write_all(b"hello again").unwrap();
-    assert_eq!(vm.driver.recv_exact(h2g_new, 11, secs(5)).unwrap(), b"hello again");
+    assert_eq!(
+        vm.driver.recv_exact(h2g_new, 11, secs(5)).unwrap(),
+        b"hello again"
+    );
     assert!(
         h2g_new.peer_port > old_local_port,
         "local port {} handed out again after restore (was {old_local_port})",
@@ -184,7 +198,10 @@ fn a_state_larger_than_a_pipe_buffer_saves_and_loads() {
     assert!(state.len() > 300_000, "state of {} bytes", state.len());
     let b = plugin(&[]);
     assert_eq!(restore_into(&mut vm, &b, &state, &bases), 0);
-    assert_eq!(vm.driver.recv_event(secs(3)).unwrap(), Some(EVENT_TRANSPORT_RESET));
+    assert_eq!(
+        vm.driver.recv_event(secs(3)).unwrap(),
+        Some(EVENT_TRANSPORT_RESET)
+    );
     assert_logged(&b, "restored, generation 1");
 }
 
@@ -286,10 +303,22 @@ fn refused_states_apply_nothing() {
     wrong_cid.guest_cid = 4;
     let wrong_cid = format::encode(&SavedState { ..wrong_cid }, 0);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("truncated", good[..good.len() - 3].to_vec(), "truncated or corrupt"),
+        (
+            "truncated",
+            good[..good.len() - 3].to_vec(),
+            "truncated or corrupt",
+        ),
         ("garbage", garbage, "truncated or corrupt"),
-        ("unknown must-understand bit", unknown_bit, "requires features 0x10000000000"),
-        ("other CID", wrong_cid, "guest CID 4, this VM is configured with CID 3"),
+        (
+            "unknown must-understand bit",
+            unknown_bit,
+            "requires features 0x10000000000",
+        ),
+        (
+            "other CID",
+            wrong_cid,
+            "guest CID 4, this VM is configured with CID 3",
+        ),
     ];
     let b = plugin(&[]);
     let mut c = VhostUserClient::connect(&b.vm().socket).unwrap();
@@ -318,9 +347,13 @@ fn refused_states_apply_nothing() {
     let id = vm.driver.connect(HOST_CID, 6300, TYPE_STREAM).unwrap();
     let mut h = accept_timeout(&l, secs(5)).unwrap();
     vm.driver.send(id, b"unchanged").unwrap();
-    assert_eq!(read_exact_timeout(&mut h, 9, secs(5)).unwrap(), b"unchanged");
     assert_eq!(
-        vm.mem.load_u16(vm.driver.evq.as_ref().unwrap().used + 2, Ordering::Acquire),
+        read_exact_timeout(&mut h, 9, secs(5)).unwrap(),
+        b"unchanged"
+    );
+    assert_eq!(
+        vm.mem
+            .load_u16(vm.driver.evq.as_ref().unwrap().used + 2, Ordering::Acquire),
         ev0,
         "an event was posted: a refused state was applied"
     );
@@ -341,7 +374,10 @@ fn a_save_while_a_ring_runs_is_refused() {
     assert_logged(&p, "ring 0 is started");
     assert_eq!(crosvm::check_device_state(&mut vm.client).unwrap(), 1);
     vm.driver.send(id, b"still running").unwrap();
-    assert_eq!(read_exact_timeout(&mut h, 13, secs(5)).unwrap(), b"still running");
+    assert_eq!(
+        read_exact_timeout(&mut h, 13, secs(5)).unwrap(),
+        b"still running"
+    );
     // Phase other than Stopped, with the rings stopped: refused too.
     let acked = vm.negotiated.features;
     crosvm::sleep(&mut vm.client, acked, &ALL_RINGS).unwrap();
@@ -362,12 +398,21 @@ fn sigtstp_does_not_stop_the_plugin() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTSTP) }, 0);
     std::thread::sleep(ms(200));
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let state = stat.rsplit(')').next().unwrap().split_whitespace().next().unwrap();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
     assert_ne!(state, "T", "the plugin was stopped by SIGTSTP");
     let mut vm = crosvm_vm(&p);
     let (id, mut h, _l) = guest_to_host(&mut vm, &p, 6500);
     vm.driver.send(id, b"not stopped").unwrap();
-    assert_eq!(read_exact_timeout(&mut h, 11, secs(5)).unwrap(), b"not stopped");
+    assert_eq!(
+        read_exact_timeout(&mut h, 11, secs(5)).unwrap(),
+        b"not stopped"
+    );
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
 }
@@ -396,7 +441,10 @@ fn the_reset_waits_for_an_event_buffer_and_rx_waits_for_the_reset() {
     let b = plugin(&[]);
     let mut c = VhostUserClient::connect(&b.vm().socket).unwrap();
     crosvm::new_frontend(&mut c, &CrosvmOptions::default()).unwrap();
-    assert_eq!(crosvm::restore(&mut c, features, false, &state, secs(5)).unwrap(), 0);
+    assert_eq!(
+        crosvm::restore(&mut c, features, false, &state, secs(5)).unwrap(),
+        0
+    );
     let mut vm = Vm {
         client: c,
         mem: mem.clone(),
@@ -407,7 +455,11 @@ fn the_reset_waits_for_an_event_buffer_and_rx_waits_for_the_reset() {
     vm.driver.listen(7300);
     let mut hc = hybrid_connect_raw(&b.vm().uds, &[b"connect 7300\n"]).unwrap();
     std::thread::sleep(ms(500));
-    assert_eq!(vm.driver.rxq.used_idx(), 0, "rx used before the TRANSPORT_RESET");
+    assert_eq!(
+        vm.driver.rxq.used_idx(),
+        0,
+        "rx used before the TRANSPORT_RESET"
+    );
     assert_eq!(vm.driver.evq.as_ref().unwrap().used_idx(), 0);
 
     // The guest posts its event buffers: the event first, then the REQUEST.
@@ -415,12 +467,26 @@ fn the_reset_waits_for_an_event_buffer_and_rx_waits_for_the_reset() {
     vm.driver.evq.as_ref().unwrap().notify();
     let deadline = std::time::Instant::now() + secs(5);
     while vm.driver.rxq.used_idx() == 0 {
-        assert!(std::time::Instant::now() < deadline, "the REQUEST never came");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the REQUEST never came"
+        );
         std::thread::sleep(ms(2));
     }
-    assert_eq!(vm.driver.evq.as_ref().unwrap().used_idx(), 1, "rx before the event");
-    assert_eq!(vm.driver.recv_event(secs(1)).unwrap(), Some(EVENT_TRANSPORT_RESET));
-    let req = vm.driver.wait_request(7300, secs(5)).unwrap().expect("REQUEST");
+    assert_eq!(
+        vm.driver.evq.as_ref().unwrap().used_idx(),
+        1,
+        "rx before the event"
+    );
+    assert_eq!(
+        vm.driver.recv_event(secs(1)).unwrap(),
+        Some(EVENT_TRANSPORT_RESET)
+    );
+    let req = vm
+        .driver
+        .wait_request(7300, secs(5))
+        .unwrap()
+        .expect("REQUEST");
     let id = vm.driver.accept_request(&req).unwrap();
     assert_eq!(read_line(&mut hc, secs(5)).unwrap(), "OK 7300\n");
     hc.write_all(b"fresh").unwrap();

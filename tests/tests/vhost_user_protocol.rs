@@ -8,12 +8,8 @@ use std::sync::Arc;
 use vhost::vhost_user::message::FrontendReq;
 
 const EXPECTED_FEATURES: u64 = F_VERSION_1 | F_EVENT_IDX | F_PROTOCOL_FEATURES | F_SEQPACKET;
-const EXPECTED_PROTOCOL: u64 = PF_MQ
-    | PF_REPLY_ACK
-    | PF_CONFIG
-    | PF_RESET_DEVICE
-    | PF_CONFIGURE_MEM_SLOTS
-    | PF_DEVICE_STATE;
+const EXPECTED_PROTOCOL: u64 =
+    PF_MQ | PF_REPLY_ACK | PF_CONFIG | PF_RESET_DEVICE | PF_CONFIGURE_MEM_SLOTS | PF_DEVICE_STATE;
 
 #[test]
 fn get_features_offers_exactly_the_spec_bits() {

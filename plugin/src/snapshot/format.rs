@@ -223,14 +223,14 @@ mod tests {
     /// by proto/tests/compat.rs), written by hand field by field, the CRC from zlib.
     fn golden_v1() -> Vec<u8> {
         [
-            &[0x08, 0x01][..],                               // 1 format_version = 1
-            &[0x18, 0x03],                                   // 3 guest_cid = 3
-            &[0x20, 0x82, 0x80, 0x80, 0x80, 0x16],           // 4 virtio_features = 0x1_6000_0002
-            &[0x28, 0x89, 0x84, 0x20],                       // 5 protocol_features = 0x8_0209
-            &[0x38, 0x87, 0x80, 0x80, 0x80, 0x04],           // 7 next_local_port = 2^30 + 7
-            &[0x40, 0x02],                                   // 8 generation = 2
+            &[0x08, 0x01][..],                                 // 1 format_version = 1
+            &[0x18, 0x03],                                     // 3 guest_cid = 3
+            &[0x20, 0x82, 0x80, 0x80, 0x80, 0x16],             // 4 virtio_features = 0x1_6000_0002
+            &[0x28, 0x89, 0x84, 0x20],                         // 5 protocol_features = 0x8_0209
+            &[0x38, 0x87, 0x80, 0x80, 0x80, 0x04],             // 7 next_local_port = 2^30 + 7
+            &[0x40, 0x02],                                     // 8 generation = 2
             &[0x4a, 0x06, 0x08, 0x81, 0x08, 0x10, 0x88, 0x27], // 9 {guest 1025, host 5000}
-            &[0xa5, 0x06, 0xc9, 0x1b, 0xd8, 0x90],           // 100 seal = crc32 (le)
+            &[0xa5, 0x06, 0xc9, 0x1b, 0xd8, 0x90],             // 100 seal = crc32 (le)
         ]
         .concat()
     }

@@ -69,7 +69,8 @@ impl DeviceStateChannel {
         if self.moving() {
             return Err("another device-state transfer is still in flight".into());
         }
-        set_nonblocking(&pipe).map_err(|e| format!("cannot make the state fd non-blocking: {e}"))?;
+        set_nonblocking(&pipe)
+            .map_err(|e| format!("cannot make the state fd non-blocking: {e}"))?;
         if let Some(old) = self.transfer.take() {
             // Finished but never checked: its result is dropped with it.
             self.retire(old.pipe);

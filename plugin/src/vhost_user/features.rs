@@ -37,12 +37,7 @@ pub fn virtio_offer(seqpacket: bool) -> u64 {
 
 /// Protocol features offered to the frontend.
 pub fn protocol_offer() -> u64 {
-    (P::MQ
-        | P::REPLY_ACK
-        | P::CONFIG
-        | P::RESET_DEVICE
-        | P::CONFIGURE_MEM_SLOTS
-        | P::DEVICE_STATE)
+    (P::MQ | P::REPLY_ACK | P::CONFIG | P::RESET_DEVICE | P::CONFIGURE_MEM_SLOTS | P::DEVICE_STATE)
         .bits()
 }
 

@@ -484,15 +484,13 @@ impl FrontendSession {
                 Ok(Reply::Ack)
             }
             R::IOTLB_MSG => self.iotlb_msg(p),
-            R::SET_DEVICE_STATE_FD => Ok(Reply::u64(
-                match self.set_device_state_fd(p, msg.fds) {
-                    Ok(()) => device_state::REPLY_OK_NO_FD,
-                    Err(why) => {
-                        log::warn!("SET_DEVICE_STATE_FD refused (nothing changed): {why}");
-                        device_state::REPLY_FAILED_NO_FD
-                    }
-                },
-            )),
+            R::SET_DEVICE_STATE_FD => Ok(Reply::u64(match self.set_device_state_fd(p, msg.fds) {
+                Ok(()) => device_state::REPLY_OK_NO_FD,
+                Err(why) => {
+                    log::warn!("SET_DEVICE_STATE_FD refused (nothing changed): {why}");
+                    device_state::REPLY_FAILED_NO_FD
+                }
+            })),
             R::CHECK_DEVICE_STATE => Ok(Reply::u64(match self.check_device_state() {
                 Ok(()) => 0,
                 Err(why) => {
@@ -517,7 +515,9 @@ impl FrontendSession {
             d => return Err(format!("unknown transfer direction {d}")),
         };
         if phase != 0 {
-            return Err(format!("transfer phase {phase} (only 0, Stopped, is supported)"));
+            return Err(format!(
+                "transfer phase {phase} (only 0, Stopped, is supported)"
+            ));
         }
         if let Some(q) = self.vrings.iter().position(|v| v.is_started()) {
             return Err(format!(
@@ -879,8 +879,9 @@ mod tests {
             for i in 0..20_000 {
                 let request = match rng.below(4) {
                     0 => rng.below(50) as u32,
-                    _ => [2, 5, 8, 9, 10, 11, 12, 13, 14, 18, 22, 24, 34, 37, 38, 42, 43]
-                        [rng.below(17) as usize],
+                    _ => [
+                        2, 5, 8, 9, 10, 11, 12, 13, 14, 18, 22, 24, 34, 37, 38, 42, 43,
+                    ][rng.below(17) as usize],
                 };
                 let size = match rng.below(6) {
                     0 => 0,

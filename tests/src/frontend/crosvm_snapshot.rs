@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::FrontendReq;
 
 use super::guest_memory::GuestMemory;
+use super::vhost_user_client::CrosvmOptions;
 use super::vhost_user_client::{
     VhostUserClient, VringSetup, F_PROTOCOL_FEATURES, PF_BACKEND_REQ, PF_MQ,
 };
-use super::vhost_user_client::CrosvmOptions;
 
 pub const DIRECTION_SAVE: u32 = 0;
 pub const DIRECTION_LOAD: u32 = 1;
@@ -111,7 +111,9 @@ pub fn sleep(c: &mut VhostUserClient, acked: u64, rings: &[u32]) -> io::Result<V
         }
         let (index, base) = c.get_vring_base(i)?;
         if index != i {
-            return Err(err(format!("GET_VRING_BASE({i}) answered for ring {index}")));
+            return Err(err(format!(
+                "GET_VRING_BASE({i}) answered for ring {index}"
+            )));
         }
         bases.push(u16::try_from(base).map_err(|_| err(format!("vring base {base} too big")))?);
     }
@@ -190,7 +192,10 @@ fn read_to_eof(r: File, timeout: Duration) -> io::Result<Vec<u8>> {
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
-                    return Err(err(format!("no EOF on the state pipe after {} bytes", out.len())));
+                    return Err(err(format!(
+                        "no EOF on the state pipe after {} bytes",
+                        out.len()
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -217,7 +222,10 @@ fn write_all_within(w: File, data: &[u8], timeout: Duration) -> io::Result<()> {
             Ok(n) => sent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
-                    return Err(err(format!("state pipe not drained: {sent} of {} bytes", data.len())));
+                    return Err(err(format!(
+                        "state pipe not drained: {sent} of {} bytes",
+                        data.len()
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -237,7 +245,11 @@ pub struct StalledPipe {
 impl StalledPipe {
     pub fn start(c: &mut VhostUserClient, direction: u32) -> io::Result<StalledPipe> {
         let (r, w) = pipe()?;
-        let (theirs, ours) = if direction == DIRECTION_SAVE { (w, r) } else { (r, w) };
+        let (theirs, ours) = if direction == DIRECTION_SAVE {
+            (w, r)
+        } else {
+            (r, w)
+        };
         let reply = set_device_state_fd(c, direction, PHASE_STOPPED, &theirs)?;
         Ok(StalledPipe { ours, reply })
     }

@@ -203,7 +203,10 @@ impl VsockDevice {
                 Op::Rst => {}
                 // Restored: the guest reset this pre-snapshot socket (TRANSPORT_RESET); no reply.
                 _ if self.restored.is_stale(&key) => {
-                    crate::log_limited!(Debug, "{op:?} for pre-snapshot connection {key:?}; dropped");
+                    crate::log_limited!(
+                        Debug,
+                        "{op:?} for pre-snapshot connection {key:?}; dropped"
+                    );
                 }
                 _ => {
                     crate::log_limited!(Debug, "{op:?} for unknown connection {key:?}; reset");
