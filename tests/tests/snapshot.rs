@@ -492,3 +492,31 @@ fn the_reset_waits_for_an_event_buffer_and_rx_waits_for_the_reset() {
     hc.write_all(b"fresh").unwrap();
     assert_eq!(vm.driver.recv_exact(id, 5, secs(5)).unwrap(), b"fresh");
 }
+
+/// A frontend that goes away in the middle of a load, still holding the pipe's write end (a
+/// crashed VMM's child could): the pipe leaves the VM's epoll set with the session, so the loop
+/// does not spin on it, and the next frontend is served.
+#[test]
+fn a_frontend_leaving_mid_transfer_leaves_no_busy_pipe() {
+    let p = plugin(&[]);
+    let mut vm = crosvm_vm(&p);
+    let acked = vm.negotiated.features;
+    crosvm::sleep(&mut vm.client, acked, &ALL_RINGS).unwrap();
+    let load = StalledPipe::start(&mut vm.client, crosvm::DIRECTION_LOAD).unwrap();
+    assert_eq!(load.reply, crosvm::REPLY_OK_NO_FD);
+    // The pipe stays readable (data in it) while the frontend side holds both ends.
+    let (mut w, _kept_read_end) = (load.ours, load.theirs);
+    w.write_all(b"some bytes").unwrap();
+    drop(vm);
+    std::thread::sleep(ms(300));
+    let pid = p.pid().unwrap();
+    let before = measure::cpu_seconds(pid);
+    std::thread::sleep(secs(1));
+    let used = measure::cpu_seconds(pid) - before;
+    assert!(
+        used < 0.3,
+        "the plugin used {used:.2} CPU-s in 1 s after the frontend left"
+    );
+    assert_serves_new_frontend(&p);
+    drop(w);
+}

@@ -236,9 +236,11 @@ fn write_all_within(w: File, data: &[u8], timeout: Duration) -> io::Result<()> {
 }
 
 /// A frontend that hands the backend a pipe and then misbehaves: keeps the other end open and
-/// never reads it (Save) or never writes/closes it (Load).
+/// never reads it (Save) or never writes/closes it (Load). It also keeps its copy of the end it
+/// sent (as crosvm does until its snapshot/restore function returns).
 pub struct StalledPipe {
     pub ours: File,
+    pub theirs: File,
     pub reply: u64,
 }
 
@@ -251,6 +253,10 @@ impl StalledPipe {
             (r, w)
         };
         let reply = set_device_state_fd(c, direction, PHASE_STOPPED, &theirs)?;
-        Ok(StalledPipe { ours, reply })
+        Ok(StalledPipe {
+            ours,
+            theirs,
+            reply,
+        })
     }
 }
