@@ -700,10 +700,14 @@ impl VsockDriver {
             }
             let id = u32::from_le_bytes(b);
             if id == EVENT_TRANSPORT_RESET {
-                // As Linux's virtio_vsock_event_handle → virtio_vsock_reset_sock: every
-                // connected socket is reset (ECONNRESET), the CID re-read from config space.
+                // As Linux's virtio_vsock_event_handle → virtio_vsock_reset_sock over
+                // vsock_for_each_connected_socket: every *connected* socket is reset
+                // (ECONNRESET); one still connecting is not in that table and waits for its
+                // RESPONSE or RST.
                 for c in self.conns.values_mut() {
-                    c.state = ConnState::Reset;
+                    if c.state == ConnState::Established {
+                        c.state = ConnState::Reset;
+                    }
                 }
             }
             self.events.push_back(id);
