@@ -7,6 +7,7 @@ fn main() {
         .inputs([
             "protos/config.proto",
             "protos/control.proto",
+            "protos/device_state.proto",
             "protos/testing/skew.proto",
         ])
         .cargo_out_dir("protos")

@@ -9,6 +9,13 @@
 #
 # The JSON is the source of truth for the builds (`@ab/<branch>/<target>`); the instances'
 # `connectivity.vsock.guest_group` become --vsock_guest_group. Logs: DIR/cuttlefish_runtime/.
+#
+# --snapshot (KVM runners, Android 15+ images): after the cases, `snapshot_util_cvd
+# --subcmd=snapshot_take --auto_suspend` (crosvm sleeps our device, saves its state through
+# VHOST_USER_PROTOCOL_F_DEVICE_STATE, wakes it: the same plugin process goes on) and the cases run
+# again; then the device is stopped and relaunched from the snapshot (a fresh plugin process loads
+# the state and owes the guest a TRANSPORT_RESET), the log must say "restored, generation 1", and
+# the cases run a third time over connections opened after the restore.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,13 +24,14 @@ prog=${0##*/}
 log() { printf '%s: %s\n' "$prog" "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-config="" plugin="" agent="" work="" boot_timeout=${BOOT_TIMEOUT_SECONDS:-1800}
+config="" plugin="" agent="" work="" snapshot=0 boot_timeout=${BOOT_TIMEOUT_SECONDS:-1800}
 while [ $# -gt 0 ]; do
   case $1 in
     --config) config=${2:?}; shift 2 ;;
     --plugin) plugin=${2:?}; shift 2 ;;
     --agent) agent=${2:?}; shift 2 ;;
     --workdir) work=${2:?}; shift 2 ;;
+    --snapshot) snapshot=1; shift ;;
     *) die "unknown argument: $1" ;;
   esac
 done
@@ -64,7 +72,17 @@ trap cleanup EXIT
 launch=(--host-package "$work" --kernel "$work/kernel" --initramfs "$work/initramfs.img")
 if [ "$num" -gt 1 ]; then launch+=(--num-instances "$num"); fi
 if [ -n "$groups" ]; then launch+=(--vsock-groups "$groups"); fi
-"$cf/launch-local-kernel.sh" "${launch[@]}"
+snap=$work/snapshot
+snap_flags=() restore_flags=()
+if [ "$snapshot" = 1 ]; then
+  # Snapshots need virtiofs off and the SwiftShader GPU mode (source.android.com, Cuttlefish
+  # "Snapshot and restore"); the restore relaunches from the saved directory.
+# launch_cvd flags: begin (names checked against cuttlefish/launch_cvd_flags.txt)
+  snap_flags=(--enable_virtiofs=false --gpu_mode=guest_swiftshader)
+  restore_flags=(--snapshot_path="$snap")
+# launch_cvd flags: end
+fi
+"$cf/launch-local-kernel.sh" "${launch[@]}" -- "${snap_flags[@]}"
 
 adb=$work/bin/adb
 [ -x "$adb" ] || adb=adb
@@ -112,3 +130,26 @@ if [ "$num" -gt 1 ]; then
   if [ "$num" -ge 3 ]; then driver+=(--isolated-cid 5); fi
 fi
 "${driver[@]}"
+
+if [ "$snapshot" = 1 ]; then
+  # snapshot_util_cvd flags (host/commands/snapshot_util_cvd/parse.cc@0bae7297): subcmd,
+  # snapshot_path, force, auto_suspend. Suspend sends SIGTSTP to process_restarter alone (the
+  # plugin runs under it and ignores SIGTSTP anyway), crosvm sleeps the device and saves it.
+  log "snapshot: suspend, save, resume (same plugin process)"
+  HOME=$work "$work/bin/snapshot_util_cvd" --subcmd=snapshot_take --force --auto_suspend \
+    --snapshot_path="$snap"
+  before=$(pgrep -f "$work/bin/vhost_device_vsock" | sort | tr '\n' ' ')
+  for i in $(seq 1 "$num"); do wait_boot "$i"; done
+  "${driver[@]}"
+  after=$(pgrep -f "$work/bin/vhost_device_vsock" | sort | tr '\n' ' ')
+  [ "$before" = "$after" ] || die "the vsock backend was restarted by snapshot_take ($before -> $after)"
+
+  log "restore: stop, relaunch from $snap (a fresh plugin process loads the state)"
+  HOME=$work "$work/bin/stop_cvd"
+  "$cf/launch-local-kernel.sh" "${launch[@]}" -- "${snap_flags[@]}" "${restore_flags[@]}"
+  for i in $(seq 1 "$num"); do "$adb" disconnect "$(serial "$i")" >/dev/null 2>&1 || true; wait_boot "$i"; done
+  grep -rq "restored, generation 1" "$work"/cuttlefish/instances/cvd-1/logs/launcher.log ||
+    die "the restored backend did not log 'restored, generation 1'"
+  "${driver[@]}"
+  log "snapshot and restore passed"
+fi

@@ -475,6 +475,7 @@ fn render_status(s: &DevStatus) -> String {
                 enum_name(v.iotlb_mode, "IOTLB_MODE_"),
                 format!("{:#018x}", v.negotiated_features),
                 v.connections.to_string(),
+                v.generation.to_string(),
                 v.config.socket.clone(),
             ]
         })
@@ -485,7 +486,7 @@ fn render_status(s: &DevStatus) -> String {
         s.uptime_ms % 1000,
         s.version,
         table(
-            &["CID", "STATE", "IOTLB", "FEATURES", "CONNS", "SOCKET"],
+            &["CID", "STATE", "IOTLB", "FEATURES", "CONNS", "GEN", "SOCKET"],
             &rows
         )
     )

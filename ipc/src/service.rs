@@ -26,10 +26,11 @@ use crate::platform;
 use crate::policy::{PolicyTable, MAX_RULES};
 use crate::proto::config::IotlbPolicy;
 use crate::proto::control::{
-    capability, Capabilities, Capability, ConnectionEvent, ConnectionList, Counter, DeviceState,
-    DeviceStateEvent, Event, ExplainRouteRequest, IotlbCapability, ListConnectionsRequest,
-    MetricsRequest, PolicyAction, PolicyCapability, PolicyList, PolicyRequest, RouteInfo,
-    RouteKind, RouteList, RoutesRequest, SetPolicyRequest, StatusRequest,
+    capability, Capabilities, Capability, ConnectionEvent, ConnectionList, Counter,
+    DeviceRestoredEvent, DeviceState, DeviceStateEvent, Event, ExplainRouteRequest,
+    IotlbCapability, ListConnectionsRequest, MetricsRequest, PolicyAction, PolicyCapability,
+    PolicyList, PolicyRequest, RouteInfo, RouteKind, RouteList, RoutesRequest, SetPolicyRequest,
+    StatusRequest,
 };
 use crate::proto::{check_required_features, decode, encode, features, PayloadError};
 
@@ -280,6 +281,17 @@ impl ControlPlane {
         e.set_device_state(DeviceStateEvent {
             guest_cid: cid,
             state: state.into(),
+            ..Default::default()
+        });
+        self.emit(e);
+    }
+
+    /// Report that VM `cid` now runs a restored device state ("restored, generation N").
+    pub fn device_restored(&self, cid: u64, generation: u64) {
+        let mut e = Event::new();
+        e.set_device_restored(DeviceRestoredEvent {
+            guest_cid: cid,
+            generation,
             ..Default::default()
         });
         self.emit(e);

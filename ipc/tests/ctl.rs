@@ -32,9 +32,9 @@ fn status_table_and_json() {
     assert_eq!(
         run(&f, &["status"]).unwrap(),
         "uptime 61.000s  version test\n\
-         CID  STATE             IOTLB        FEATURES            CONNS  SOCKET\n\
-         3    running           off          0x0000000100000003  2      /run/vm3/vhost.sock\n\
-         4    waiting_frontend  translating  0x0000000100000003  1      /run/vm4/vhost.sock\n"
+         CID  STATE             IOTLB        FEATURES            CONNS  GEN  SOCKET\n\
+         3    running           off          0x0000000100000003  2      0    /run/vm3/vhost.sock\n\
+         4    waiting_frontend  translating  0x0000000100000003  1      0    /run/vm4/vhost.sock\n"
     );
     let json = run(&f, &["--json", "status"]).unwrap();
     assert!(json.starts_with(r#"{"uptimeMs": "61000", "vms": [{"guestCid": "3", "state": "DEVICE_STATE_RUNNING", "negotiatedFeatures": "4294967299", "protocolFeatures": "32768", "iotlbMode": "IOTLB_MODE_OFF", "connections": 2, "config": {"#), "{json}");

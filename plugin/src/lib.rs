@@ -9,6 +9,7 @@
 //!                                    vsock::device                            the device: a muxer over connections
 //!  host Unix sockets / sibling VMs ◄► host::{unix, connect_line, sibling}     hybrid vsock, VM-to-VM
 //!                                    worker                                   one event loop per VM
+//!                                    snapshot                                 DEVICE_STATE save/restore
 //!                                    config                                   one VmConfig per VM (clap CLI, file)
 //! ```
 //!
@@ -29,6 +30,7 @@ pub mod log_limit;
 pub mod panic_exit;
 pub mod readiness;
 pub mod sandbox;
+pub mod snapshot;
 pub mod vhost_user;
 pub mod virtio;
 pub mod virtqueue;

@@ -63,8 +63,10 @@ fn main() -> ExitCode {
                 "not built (iotlb=off only)"
             };
             println!(
-                "vsock-plugin {}\nIOTLB translation: {iotlb}",
-                env!("CARGO_PKG_VERSION")
+                "vsock-plugin {}\nIOTLB translation: {iotlb}\nsnapshot/restore: \
+                 VHOST_USER_PROTOCOL_F_DEVICE_STATE, state format v{}",
+                env!("CARGO_PKG_VERSION"),
+                vsock_plugin::snapshot::format::FORMAT_VERSION
             );
             return ExitCode::SUCCESS;
         }
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         raise_fd_limit();
     }
     // Installed before anything starts: a SIGTERM from now on is not lost.
+    stop_signals::ignore_terminal_stop();
     let signals = match stop_signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -166,6 +169,14 @@ mod stop_signals {
             self.0.read().ok()?;
             Some(LAST.load(Ordering::Relaxed))
         }
+    }
+
+    /// SIGTSTP is ignored: Cuttlefish suspends host processes with SIGTSTP around
+    /// `cvd snapshot_take`, but a vhost-user backend must keep answering the VMM (crosvm's sleep
+    /// and DEVICE_STATE save come while everything else is stopped). SIGSTOP still stops it.
+    pub fn ignore_terminal_stop() {
+        // SAFETY: SIG_IGN for SIGTSTP; no handler runs.
+        unsafe { libc::signal(libc::SIGTSTP, libc::SIG_IGN) };
     }
 
     pub fn install() -> std::io::Result<StopSignals> {

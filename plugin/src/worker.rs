@@ -31,6 +31,7 @@ mod token {
     const FRONTEND: u64 = 2;
     const WAKE: u64 = 4;
     const BACKEND_CHANNEL: u64 = 5;
+    const DEVICE_STATE: u64 = 6;
     const KICK_BASE: u64 = 16;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,8 @@ mod token {
         Frontend,
         Wake,
         BackendChannel,
+        /// The pipe of a DEVICE_STATE transfer (`crate::snapshot`).
+        DeviceState,
         Kick(usize),
     }
 
@@ -49,6 +52,7 @@ mod token {
                 Token::Frontend => FRONTEND,
                 Token::Wake => WAKE,
                 Token::BackendChannel => BACKEND_CHANNEL,
+                Token::DeviceState => DEVICE_STATE,
                 Token::Kick(q) => KICK_BASE + q as u64,
             }
         }
@@ -59,6 +63,7 @@ mod token {
                 FRONTEND => Token::Frontend,
                 WAKE => Token::Wake,
                 BACKEND_CHANNEL => Token::BackendChannel,
+                DEVICE_STATE => Token::DeviceState,
                 k if (KICK_BASE..KICK_BASE + 8).contains(&k) => {
                     Token::Kick((k - KICK_BASE) as usize)
                 }
@@ -205,6 +210,7 @@ impl VmWorker {
                         translated: self.session.as_ref().is_some_and(|s| s.translated()),
                         connections: self.device.snapshot(),
                         stats: self.device.stats,
+                        generation: self.device.generation(),
                     };
                     let _ = reply.try_send(report);
                 }
@@ -255,7 +261,9 @@ impl VmWorker {
                 check_timers = self.device.on_tick();
                 if let Some(session) = self.session.as_mut() {
                     check_timers |= session.check_miss_timeouts();
+                    check_timers |= session.device_state().check_deadline(Instant::now());
                 }
+                self.sync_snapshot();
                 check_timers |= self.check_frontend_deadlines();
                 next_tick = Instant::now() + TICK;
                 self.pump();
@@ -307,6 +315,12 @@ impl VmWorker {
                 }
             }
             Token::Frontend => self.serve_frontend(),
+            Token::DeviceState => {
+                if let Some(session) = self.session.as_mut() {
+                    session.device_state().pump();
+                }
+                self.sync_snapshot();
+            }
             Token::Kick(q) => {
                 // Kick fds are edge-triggered: every guest kick (eventfd write) is a new edge, so
                 // the counter need not be read (vhost does not read it either); one read per
@@ -341,7 +355,8 @@ impl VmWorker {
         self.device.sync_host_interest();
     }
 
-    /// Tx, then rx, then tx again if rx made room, then the event queue.
+    /// The event queue first (a TRANSPORT_RESET the guest is owed goes before any rx packet),
+    /// then tx, then rx, then tx again if rx made room.
     fn move_data(&mut self) {
         let running = self.running();
         self.device.set_running(running);
@@ -353,13 +368,13 @@ impl VmWorker {
         };
         let mem = mem.clone();
         let mut rings = Rings { mem: &mem, vrings };
+        self.device.process_event(&mut rings);
         self.device.process_tx(&mut rings);
         self.device.process_rx(&mut rings);
         if self.device.tx_paused() {
             self.device.process_tx(&mut rings);
             self.device.process_rx(&mut rings);
         }
-        self.device.process_event(&mut rings);
         session.send_pending_misses();
         if let Some(why) = session.memory_fault() {
             log::error!("[{}] dropping the frontend: {why}", self.name);
@@ -432,6 +447,7 @@ impl VmWorker {
                 if changes.backend_channel {
                     self.watch_backend_channel();
                 }
+                self.sync_snapshot();
                 // An established frontend keeps the slot: newcomers wait in the backlog.
                 self.sync_listener();
             }
@@ -451,7 +467,8 @@ impl VmWorker {
 
     /// The frontend is gone: reset the device, keep the listening socket, accept the next one.
     fn drop_frontend(&mut self) {
-        if let Some(session) = self.session.take() {
+        if let Some(mut session) = self.session.take() {
+            crate::snapshot::forget(&mut session, &self.epoll);
             let _ = self.epoll.ctl(
                 ControlOperation::Delete,
                 session.socket().as_raw_fd(),
@@ -532,6 +549,20 @@ impl VmWorker {
         let ev = EpollEvent::new(EventSet::IN, Token::BackendChannel.encode());
         if self.epoll.ctl(ControlOperation::Add, fd, ev).is_err() {
             let _ = self.epoll.ctl(ControlOperation::Modify, fd, ev);
+        }
+    }
+
+    /// Keeps a DEVICE_STATE transfer moving (see [`crate::snapshot::sync`]).
+    fn sync_snapshot(&mut self) {
+        if let Some(session) = self.session.as_mut() {
+            crate::snapshot::sync(
+                &self.name,
+                session,
+                &mut self.device,
+                &self.epoll,
+                Token::DeviceState.encode(),
+                self.control.as_deref(),
+            );
         }
     }
 

@@ -194,6 +194,7 @@ fn schema_lines() -> Vec<String> {
     for file in [
         vsock_plugin_proto::config::file_descriptor(),
         vsock_plugin_proto::control::file_descriptor(),
+        vsock_plugin_proto::device_state::file_descriptor(),
     ] {
         for m in file.messages() {
             for f in m.fields() {
@@ -213,6 +214,7 @@ fn reserved(full_name: &str, number: i32) -> bool {
     for file in [
         vsock_plugin_proto::config::file_descriptor(),
         vsock_plugin_proto::control::file_descriptor(),
+        vsock_plugin_proto::device_state::file_descriptor(),
     ] {
         if let Some(m) = file.messages().find(|m| m.full_name() == full_name) {
             return m
@@ -280,6 +282,7 @@ fn every_enum_starts_with_unspecified_zero() {
     for file in [
         vsock_plugin_proto::config::file_descriptor(),
         vsock_plugin_proto::control::file_descriptor(),
+        vsock_plugin_proto::device_state::file_descriptor(),
     ] {
         for e in file.enums() {
             let first = e.values().next().unwrap();
@@ -546,4 +549,24 @@ fn negative_repeated_enum_values_are_refused() {
     let ok: &[u8] = &[0x12, 0x02, 0x01, 0x07];
     let m = decode::<IotlbCapability>(ok).unwrap();
     assert_eq!(encode(&m), ok);
+}
+
+/// The v1 device state (DEVICE_STATE snapshot) golden bytes: written by hand (the same bytes are
+/// inline in plugin/src/snapshot/format.rs, whose tests load them); they stay decodable.
+#[test]
+fn golden_device_state_v1() {
+    use vsock_plugin_proto::device_state::DeviceStateSnapshot;
+    let bytes = std::fs::read(golden_path("device_state_v1")).unwrap();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        "080118032082808080162889842038878080800440024a06088108108827a506c91bd890"
+    );
+    let m: DeviceStateSnapshot = decode(&bytes).unwrap();
+    assert_eq!(m.format_version, 1);
+    assert_eq!(m.guest_cid, 3);
+    assert_eq!(m.generation, 2);
+    assert_eq!(m.next_local_port, (1 << 30) + 7);
+    assert_eq!(m.connections.len(), 1);
+    assert_eq!(m.seal, 0x90d8_1bc9);
 }

@@ -131,7 +131,8 @@ fn version_names_the_iotlb_capability() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!(
-            "vsock-plugin {}\nIOTLB translation: built in\n",
+            "vsock-plugin {}\nIOTLB translation: built in\n\
+             snapshot/restore: VHOST_USER_PROTOCOL_F_DEVICE_STATE, state format v1\n",
             env!("CARGO_PKG_VERSION")
         )
     );

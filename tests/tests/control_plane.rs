@@ -189,3 +189,76 @@ fn a_policy_connection_limit_applies_to_new_guest_connections() {
         .connect(2, 6003, TYPE_STREAM)
         .expect("a place is free again");
 }
+
+struct CollectEvents(std::sync::Mutex<mpsc::Sender<Vec<u8>>>);
+impl vsock_plugin_ipc::aidl_crate::binder::Interface for CollectEvents {}
+impl vsock_plugin_ipc::aidl::IDeviceEventListener::IDeviceEventListener for CollectEvents {
+    fn onEvent(&self, e: &[u8]) -> vsock_plugin_ipc::aidl_crate::binder::Result<()> {
+        let _ = self.0.lock().unwrap().send(e.to_vec());
+        Ok(())
+    }
+}
+
+/// A DEVICE_STATE load of a generation-4 state: the control plane emits "restored, generation 5"
+/// and `ctl status` shows generation 5 for the VM (0 before).
+#[test]
+fn a_restore_is_an_event_and_shows_its_generation_in_status() {
+    use vsock_plugin::snapshot::format::{self, SavedState};
+    use vsock_plugin::vsock::device::snapshot::DeviceSnapshot;
+    use vsock_plugin_ipc::aidl::IDeviceControl::IDeviceControl;
+    use vsock_plugin_ipc::proto::control::{event, Event};
+    use vsock_plugin_tests::frontend::crosvm_snapshot as crosvm;
+
+    let s = plugin_with_control();
+    let (_, before) = ctl(&s.uri, &["status"]);
+    assert!(before.contains(" GEN "), "{before}");
+    let (c, _h) = vsock_plugin_ipc::platform::connect_control(
+        &ControlUri::parse(&s.uri).unwrap(),
+        true,
+        Some(secs(5)),
+    )
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let l =
+        vsock_plugin_ipc::platform::new_listener_binder(CollectEvents(std::sync::Mutex::new(tx)));
+    c.registerEventListener(&l).unwrap();
+
+    let opts = VmOptions::crosvm();
+    let mut client = VhostUserClient::connect(&s.p.vm().socket).unwrap();
+    let (offered, _) = crosvm::new_frontend(&mut client, &opts.crosvm).unwrap();
+    let features = offered & opts.crosvm.features_mask;
+    let state = format::encode(
+        &SavedState {
+            guest_cid: 3,
+            virtio_features: features,
+            protocol_features: 0,
+            device: DeviceSnapshot {
+                generation: 4,
+                ..Default::default()
+            },
+        },
+        0,
+    );
+    assert_eq!(
+        crosvm::restore(&mut client, features, false, &state, secs(5)).unwrap(),
+        0
+    );
+    let deadline = std::time::Instant::now() + secs(5);
+    let restored = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let bytes = rx.recv_timeout(left).expect("a device_restored event");
+        let e: Event = vsock_plugin_ipc::proto::decode(&bytes).unwrap();
+        if let Some(event::Kind::DeviceRestored(r)) = e.kind {
+            break r;
+        }
+    };
+    assert_eq!((restored.guest_cid, restored.generation), (3, 5));
+    let (ok, status) = ctl(&s.uri, &["status"]);
+    assert!(ok, "{status}");
+    let row = status.lines().find(|l| l.starts_with("3 ")).unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[5], "5", "GEN column: {status}");
+    let (_, json) = ctl(&s.uri, &["--json", "status"]);
+    assert!(json.contains("\"generation\": \"5\""), "{json}");
+    assert_logged(&s.p, "restored, generation 5");
+}

@@ -9,7 +9,7 @@ use vhost::vhost_user::message::FrontendReq;
 
 const EXPECTED_FEATURES: u64 = F_VERSION_1 | F_EVENT_IDX | F_PROTOCOL_FEATURES | F_SEQPACKET;
 const EXPECTED_PROTOCOL: u64 =
-    PF_MQ | PF_REPLY_ACK | PF_CONFIG | PF_RESET_DEVICE | PF_CONFIGURE_MEM_SLOTS;
+    PF_MQ | PF_REPLY_ACK | PF_CONFIG | PF_RESET_DEVICE | PF_CONFIGURE_MEM_SLOTS | PF_DEVICE_STATE;
 
 #[test]
 fn get_features_offers_exactly_the_spec_bits() {
@@ -270,7 +270,7 @@ fn crosvm_handshake_with_three_queues_of_32768() {
     assert_eq!(vm.negotiated.features, EXPECTED_FEATURES);
     assert_eq!(
         vm.negotiated.protocol_features,
-        PF_MQ | PF_REPLY_ACK | PF_CONFIG
+        PF_MQ | PF_REPLY_ACK | PF_CONFIG | PF_DEVICE_STATE
     );
     let (id, mut host, _l) = guest_to_host(&mut vm, &p, 1002);
     vm.driver.send(id, b"crosvm").unwrap();

@@ -39,6 +39,8 @@ pub struct VmReport {
     pub translated: bool,
     pub connections: Vec<ConnSnapshot>,
     pub stats: Stats,
+    /// Restores the device's state has been through (`crate::snapshot`).
+    pub generation: u64,
 }
 
 pub enum Request {
@@ -90,6 +92,13 @@ impl VmControl {
     pub fn state_changed(&self, state: DeviceState) {
         if let Some(p) = self.plane.get() {
             p.device_state_changed(self.cid, state);
+        }
+    }
+
+    /// Reports that the device runs a restored state.
+    pub fn restored(&self, generation: u64) {
+        if let Some(p) = self.plane.get() {
+            p.device_restored(self.cid, generation);
         }
     }
 
@@ -156,6 +165,7 @@ impl DeviceControl for PluginControl {
                     }
                     .into(),
                     connections: r.connections.len() as u32,
+                    generation: r.generation,
                     ..Default::default()
                 },
                 None => VmStatus {

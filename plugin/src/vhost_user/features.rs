@@ -8,7 +8,8 @@
 //! it would run the rings untranslated.
 //!
 //! Protocol (GET_PROTOCOL_FEATURES): MQ, REPLY_ACK, CONFIG (mandatory for QEMU), RESET_DEVICE,
-//! CONFIGURE_MEM_SLOTS; BACKEND_REQ only when the IOTLB policy may translate (MISS messages).
+//! CONFIGURE_MEM_SLOTS, DEVICE_STATE (snapshot/restore: `super::device_state`); BACKEND_REQ
+//! only when the IOTLB policy may translate (MISS messages).
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
 
@@ -32,11 +33,13 @@ pub fn virtio_offer(seqpacket: bool) -> u64 {
 
 /// Protocol features offered to the frontend.
 pub fn protocol_offer() -> u64 {
-    (P::MQ | P::REPLY_ACK | P::CONFIG | P::RESET_DEVICE | P::CONFIGURE_MEM_SLOTS).bits()
+    (P::MQ | P::REPLY_ACK | P::CONFIG | P::RESET_DEVICE | P::CONFIGURE_MEM_SLOTS | P::DEVICE_STATE)
+        .bits()
 }
 
 pub const PROTOCOL_REPLY_ACK: u64 = P::REPLY_ACK.bits();
 pub const PROTOCOL_BACKEND_REQ: u64 = P::BACKEND_REQ.bits();
+pub const PROTOCOL_DEVICE_STATE: u64 = P::DEVICE_STATE.bits();
 
 /// Names of the bits in `bits`, for error messages ("bit 33 (ACCESS_PLATFORM)").
 pub fn describe(bits: u64) -> String {

@@ -10,7 +10,9 @@
 //! - [`session_error`]: its errors, typed by what the worker does next (go on, or drop the frontend).
 //! - [`memory`]: the guest memory table and frontend-VA → guest-physical translation.
 //! - [`features`]: what is offered and accepted.
+//! - [`device_state`]: the pipe of a DEVICE_STATE transfer (snapshot/restore).
 //! - [`fault_guard`]: SIGBUS containment for guest RAM whose fd can still shrink.
+pub(crate) mod device_state;
 pub(crate) mod fault_guard;
 pub(crate) mod features;
 pub(crate) mod listener;

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
     FrontendReq, VhostUserConfig, VhostUserMemory, VhostUserMemoryRegion,
-    VhostUserSingleMemoryRegion, VhostUserU64, VhostUserVringAddr, VhostUserVringState,
+    VhostUserSingleMemoryRegion, VhostUserTransferDeviceState, VhostUserU64, VhostUserVringAddr,
+    VhostUserVringState,
 };
 use vm_memory::ByteValued;
 
+use super::device_state::{self, DeviceStateChannel, Direction};
 use super::features::{self, NUM_QUEUES, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX};
 use super::memory::{MemoryTable, RegionSpec, MAX_REGIONS};
 use super::reader::MessageReader;
@@ -27,6 +29,7 @@ use crate::iotlb::message::{parse_request as parse_iotlb_request, IotlbRequest};
 use crate::iotlb::miss::BackendChannel;
 use crate::iotlb::policy::IotlbPolicy;
 use crate::iotlb::{self, DeviceMemory};
+use crate::snapshot::format::{self as state_format, SavedState};
 use crate::virtqueue::vring::{eventfd_from, Vring};
 
 /// Kick/call/err payload: bits 0-7 the ring index, bit 8 "no fd".
@@ -83,6 +86,10 @@ pub struct FrontendSession {
     reader: MessageReader,
     /// What this frontend has done, for the slot policy.
     activity: Activity,
+    /// The DEVICE_STATE transfer (see [`super::device_state`]).
+    device_state: DeviceStateChannel,
+    /// A loaded state CHECK_DEVICE_STATE accepted, for the worker to apply to the device.
+    loaded: Option<SavedState>,
 }
 
 impl FrontendSession {
@@ -115,6 +122,8 @@ impl FrontendSession {
             changes: Changes::default(),
             reader: MessageReader::default(),
             activity: Activity::new(Instant::now()),
+            device_state: DeviceStateChannel::default(),
+            loaded: None,
         })
     }
 
@@ -240,6 +249,21 @@ impl FrontendSession {
     /// Negotiated virtio features (0 before SET_FEATURES).
     pub fn acked_features(&self) -> u64 {
         self.acked_features.unwrap_or(0)
+    }
+
+    /// The configured guest CID (the config space).
+    pub fn guest_cid(&self) -> u64 {
+        self.config.guest_cid
+    }
+
+    /// The DEVICE_STATE transfer in progress, for the worker's pipe handling.
+    pub fn device_state(&mut self) -> &mut DeviceStateChannel {
+        &mut self.device_state
+    }
+
+    /// A state CHECK_DEVICE_STATE accepted, once (the worker applies it to the device).
+    pub fn take_loaded_state(&mut self) -> Option<SavedState> {
+        self.loaded.take()
     }
 
     pub fn take_changes(&mut self) -> Changes {
@@ -444,8 +468,63 @@ impl FrontendSession {
                 Ok(Reply::Ack)
             }
             R::IOTLB_MSG => self.iotlb_msg(p),
+            R::SET_DEVICE_STATE_FD => Ok(Reply::u64(match self.set_device_state_fd(p, msg.fds) {
+                Ok(()) => device_state::REPLY_OK_NO_FD,
+                Err(why) => {
+                    log::warn!("SET_DEVICE_STATE_FD refused (nothing changed): {why}");
+                    device_state::REPLY_FAILED_NO_FD
+                }
+            })),
+            R::CHECK_DEVICE_STATE => Ok(Reply::u64(match self.check_device_state() {
+                Ok(()) => 0,
+                Err(why) => {
+                    log::error!("CHECK_DEVICE_STATE: failed, nothing applied: {why}");
+                    1
+                }
+            })),
             other => refuse(format!("{other:?} is not supported by this device")),
         }
+    }
+
+    /// SET_DEVICE_STATE_FD (rules in [`super::device_state`]). `Err`: refused, nothing changed.
+    fn set_device_state_fd(&mut self, p: &[u8], fds: Vec<File>) -> Result<(), String> {
+        if self.acked_protocol & features::PROTOCOL_DEVICE_STATE == 0 {
+            return Err("DEVICE_STATE was not negotiated".into());
+        }
+        let m = parse::<VhostUserTransferDeviceState>(p).map_err(|e| e.to_string())?;
+        let (direction, phase) = (m.direction, m.phase);
+        let direction = match direction {
+            0 => Direction::Save,
+            1 => Direction::Load,
+            d => return Err(format!("unknown transfer direction {d}")),
+        };
+        if phase != 0 {
+            return Err(format!(
+                "transfer phase {phase} (only 0, Stopped, is supported)"
+            ));
+        }
+        if let Some(q) = self.vrings.iter().position(|v| v.is_started()) {
+            return Err(format!(
+                "ring {q} is started: the device must be stopped (GET_VRING_BASE) first"
+            ));
+        }
+        let pipe = exactly_one_fd(fds).map_err(|e| e.to_string())?;
+        self.device_state.begin(direction, pipe)?;
+        log::info!("device-state {direction:?} started");
+        Ok(())
+    }
+
+    /// CHECK_DEVICE_STATE: concludes the transfer; a load is decoded and checked here, before
+    /// anything is applied.
+    fn check_device_state(&mut self) -> Result<(), String> {
+        let Some(bytes) = self.device_state.conclude()? else {
+            log::info!("device-state save checked: complete");
+            return Ok(());
+        };
+        let state = state_format::decode(&bytes, self.config.guest_cid, self.acked_features())
+            .map_err(|e| format!("state of {} bytes refused: {e}", bytes.len()))?;
+        self.loaded = Some(state);
+        Ok(())
     }
 
     fn set_features(&mut self, bits: u64) -> Result<Reply, SessionError> {
@@ -783,8 +862,9 @@ mod tests {
             for i in 0..20_000 {
                 let request = match rng.below(4) {
                     0 => rng.below(50) as u32,
-                    _ => [2, 5, 8, 9, 10, 11, 12, 13, 14, 18, 22, 24, 34, 37, 38]
-                        [rng.below(15) as usize],
+                    _ => [
+                        2, 5, 8, 9, 10, 11, 12, 13, 14, 18, 22, 24, 34, 37, 38, 42, 43,
+                    ][rng.below(17) as usize],
                 };
                 let size = match rng.below(6) {
                     0 => 0,

@@ -1,5 +1,6 @@
 //! A userspace VMM + guest driver for driving the plugin binary byte for byte.
 //!
+//! - [`crosvm_snapshot`]: crosvm's sleep/snapshot/wake/restore sequences (DEVICE_STATE).
 //! - [`guest_memory`]: guest RAM as memfds, GPA read/write, a bump allocator.
 //! - [`vhost_user_client`]: the vhost-user frontend (messages, fds, QEMU/crosvm handshakes).
 //! - [`split_queue`]: the driver side of a split virtqueue.
@@ -10,6 +11,7 @@
 //! - [`plugin_process`]: runs the `vsock-plugin` binary in a temporary directory.
 //! - [`vm`]: ties them together: one VM = frontend connection + guest memory + driver.
 
+pub mod crosvm_snapshot;
 pub mod guest_memory;
 pub mod host_side;
 pub mod iotlb;

@@ -263,6 +263,15 @@ impl PluginProcess {
     }
 
     pub fn single_cid(cid: u64, extra: &[&str]) -> io::Result<Self> {
+        Self::single_cid_with_env(cid, extra, &[])
+    }
+
+    /// As [`Self::single_cid`], with extra environment variables.
+    pub fn single_cid_with_env(
+        cid: u64,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> io::Result<Self> {
         let dir = TempDir::new()?;
         let vm = VmPaths {
             guest_cid: cid,
@@ -278,7 +287,7 @@ impl PluginProcess {
             vm.uds.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(dir, args, vec![vm])
+        Self::spawn_with_env(dir, args, vec![vm], None, env)
     }
 
     /// Several VMs: each entry is (guest cid, extra `key=value` pairs such as `groups=g1`).

@@ -698,7 +698,19 @@ impl VsockDriver {
                 self.anomalies
                     .push(format!("event used len {} (expected 4)", u.len));
             }
-            self.events.push_back(u32::from_le_bytes(b));
+            let id = u32::from_le_bytes(b);
+            if id == EVENT_TRANSPORT_RESET {
+                // As Linux's virtio_vsock_event_handle → virtio_vsock_reset_sock over
+                // vsock_for_each_connected_socket: every *connected* socket is reset
+                // (ECONNRESET); one still connecting is not in that table and waits for its
+                // RESPONSE or RST.
+                for c in self.conns.values_mut() {
+                    if c.state == ConnState::Established {
+                        c.state = ConnState::Reset;
+                    }
+                }
+            }
+            self.events.push_back(id);
             self.mem.write(gpa, &0xffff_ffffu32.to_le_bytes());
             let head = evq
                 .push(&[Buf {

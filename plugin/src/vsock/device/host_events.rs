@@ -271,10 +271,11 @@ impl VsockDevice {
             } else {
                 p + 1
             };
-            if !self.conns.contains(&ConnKey {
+            let in_use = self.conns.contains(&ConnKey {
                 host_port: p,
                 guest_port,
-            }) {
+            });
+            if !in_use && !self.restored.holds_port(p) {
                 return Some(p);
             }
         }

@@ -50,6 +50,7 @@ mod host_events;
 pub(crate) mod interests;
 mod rx;
 mod sibling_out;
+pub mod snapshot;
 mod socket_io;
 mod tx;
 
@@ -158,6 +159,8 @@ pub struct VsockDevice {
     host_router: Option<Box<dyn RouteRequests>>,
     events: Option<Box<dyn ConnectionEvents>>,
     limits: Option<Box<dyn ConnectionLimits>>,
+    /// What a DEVICE_STATE restore left behind (see `snapshot`).
+    restored: snapshot::Restored,
 }
 
 impl VsockDevice {
@@ -196,6 +199,7 @@ impl VsockDevice {
             host_router: None,
             events: None,
             limits: None,
+            restored: Default::default(),
         }
     }
 

@@ -22,6 +22,10 @@ impl VsockDevice {
         if !rings.vrings[RX_QUEUE].is_ready() {
             return;
         }
+        if self.restored.rx_held() && rings.vrings[EVENT_QUEUE].is_ready() {
+            // After a restore the guest hears TRANSPORT_RESET first (see `snapshot`).
+            return;
+        }
         let mut used_any = false;
         let (mut chains, mut payload) = (0usize, 0usize);
         loop {
@@ -341,6 +345,7 @@ impl VsockDevice {
         } else {
             rings.vrings[EVENT_QUEUE].add_used(mem, chain.head, id.len() as u32);
             self.transport_reset_pending = false;
+            self.restored.reset_delivered();
             crate::log_limited!(
                 Info,
                 "posted TRANSPORT_RESET to guest {}",

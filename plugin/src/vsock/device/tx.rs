@@ -237,8 +237,18 @@ impl VsockDevice {
         };
         let Some(slot) = self.conns.slot_of(&key) else {
             match op {
-                Op::Request => self.guest_connect(hdr, key),
+                Op::Request => {
+                    self.restored.forget(&key);
+                    self.guest_connect(hdr, key)
+                }
                 Op::Rst => {}
+                // Restored: the guest reset this pre-snapshot socket (TRANSPORT_RESET); no reply.
+                _ if self.restored.is_stale(&key) => {
+                    crate::log_limited!(
+                        Debug,
+                        "{op:?} for pre-snapshot connection {key:?}; dropped"
+                    );
+                }
                 _ => {
                     crate::log_limited!(Debug, "{op:?} for unknown connection {key:?}; reset");
                     self.reply_rst(hdr);
