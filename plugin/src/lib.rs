@@ -14,11 +14,12 @@
 //! ```
 //!
 //! Dependencies point one way: the worker drives the device, which registers its fds through the
-//! worker's `EventRegistry` with tokens only the device decodes (`vsock::device::interests`); the device drives connections through their state machine
-//! (`vsock::csm`). Types others need from the device live in leaf modules that import nothing
-//! from the plugin (`vsock::status`, `virtio`, `vsock::packet`), so `control`, `host::route` and
-//! the worker do not depend on the device through them. `plugin/tests/import_cycles.rs` fails on
-//! any import circle.
+//! worker's `EventRegistry` with tokens only the device decodes (`vsock::device::interests`);
+//! the device drives connections through their state machine (`vsock::csm`). Types others need
+//! from the device live in leaf modules that import nothing from the plugin (`vsock::status`,
+//! `virtio`, `vsock::packet`), so `control`, `host::route` and the worker do not depend on the
+//! device through them. `plugin/tests/import_cycles.rs` fails on any import circle, between
+//! modules and between top-level modules.
 //!
 //! [`Plugin::start`] runs one [`worker::VmWorker`] thread per configured VM.
 

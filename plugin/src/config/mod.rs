@@ -81,16 +81,8 @@ impl Choice for Toggle {
     const NAMES: &'static [(&'static str, Toggle)] = &[("on", Toggle::On), ("off", Toggle::Off)];
 }
 
-/// Whether ring and buffer addresses are IOVAs translated through an IOTLB the frontend fills.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IotlbMode {
-    /// Never translate (bit 33, if offered, is only recorded).
-    Off,
-    /// Always translate; a session without bit 33 is refused.
-    Required,
-    /// Translate exactly when bit 33 is negotiated (the spec's reading; trusts the frontend).
-    Auto,
-}
+/// The IOTLB mode is the policy's own type (`iotlb::policy`); the command line names it here.
+pub use crate::iotlb::policy::IotlbMode;
 
 impl Choice for IotlbMode {
     const NAMES: &'static [(&'static str, IotlbMode)] = &[

@@ -13,7 +13,8 @@
 //! frontend.) Bit 33 arriving un-offered is refused like any other un-offered bit. In (A)/(B) an
 //! IOTLB message means the frontend thinks we translate: non-zero reply, connection closed.
 //!
-//! Translated mode ([`table`], [`miss`], [`message`]):
+//! Translated mode ([`table`], [`message`]; MISS requests go out through
+//! `vhost_user::backend_channel`):
 //! - deny-all start; the IOTLB is flushed on SET_FEATURES, RESET_DEVICE/RESET_OWNER, any memory
 //!   table change, when every ring is stopped, and on disconnect. No persistence across reset is
 //!   promised (the vhost-vdpa IOTLB_PERSIST lesson): entries kept across a stop could grant
@@ -38,7 +39,6 @@
 //! device.
 
 pub mod message;
-pub(crate) mod miss;
 pub mod policy;
 #[cfg(feature = "iotlb")]
 pub mod table;

@@ -1,7 +1,17 @@
 //! What the IOTLB switches offer and what they accept at SET_FEATURES.
 
-use crate::config::IotlbMode;
 use crate::virtio::VIRTIO_F_ACCESS_PLATFORM;
+
+/// Whether ring and buffer addresses are IOVAs translated through an IOTLB the frontend fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IotlbMode {
+    /// Never translate (bit 33, if offered, is only recorded).
+    Off,
+    /// Always translate; a session without bit 33 is refused.
+    Required,
+    /// Translate exactly when bit 33 is negotiated (the spec's reading; trusts the frontend).
+    Auto,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IotlbPolicy {

@@ -12,6 +12,7 @@
 //! - [`features`]: what is offered and accepted.
 //! - [`device_state`]: the pipe of a DEVICE_STATE transfer (snapshot/restore).
 //! - [`fault_guard`]: SIGBUS containment for guest RAM whose fd can still shrink.
+pub(crate) mod backend_channel;
 pub(crate) mod device_state;
 pub(crate) mod fault_guard;
 pub(crate) mod features;

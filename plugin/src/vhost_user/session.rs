@@ -19,6 +19,7 @@ use vhost::vhost_user::message::{
 };
 use vm_memory::ByteValued;
 
+use super::backend_channel::BackendChannel;
 use super::device_state::{self, DeviceStateChannel, Direction};
 use super::features::{self, NUM_QUEUES, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX};
 use super::memory::{MemoryTable, RegionSpec, MAX_REGIONS};
@@ -26,7 +27,6 @@ use super::reader::MessageReader;
 use super::slot::Activity;
 use super::wire::{self, Message};
 use crate::iotlb::message::{parse_request as parse_iotlb_request, IotlbRequest};
-use crate::iotlb::miss::BackendChannel;
 use crate::iotlb::policy::IotlbPolicy;
 use crate::iotlb::{self, DeviceMemory};
 use crate::snapshot::format::{self as state_format, SavedState};

@@ -6,6 +6,8 @@
 //! assembled as its bytes arrive and must be whole within a deadline from its first byte; who holds
 //! the frontend slot, and when a newer connection takes it over, is [`crate::vhost_user::slot`].
 
+mod device_state;
+
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +42,7 @@ mod token {
         Frontend,
         Wake,
         BackendChannel,
-        /// The pipe of a DEVICE_STATE transfer (`crate::snapshot`).
+        /// The pipe of a DEVICE_STATE transfer (`device_state`).
         DeviceState,
         Kick(usize),
     }
@@ -468,7 +470,7 @@ impl VmWorker {
     /// The frontend is gone: reset the device, keep the listening socket, accept the next one.
     fn drop_frontend(&mut self) {
         if let Some(mut session) = self.session.take() {
-            crate::snapshot::forget(&mut session, &self.epoll);
+            device_state::forget(&mut session, &self.epoll);
             let _ = self.epoll.ctl(
                 ControlOperation::Delete,
                 session.socket().as_raw_fd(),
@@ -552,10 +554,10 @@ impl VmWorker {
         }
     }
 
-    /// Keeps a DEVICE_STATE transfer moving (see [`crate::snapshot::sync`]).
+    /// Keeps a DEVICE_STATE transfer moving (see [`device_state::sync`]).
     fn sync_snapshot(&mut self) {
         if let Some(session) = self.session.as_mut() {
-            crate::snapshot::sync(
+            device_state::sync(
                 &self.name,
                 session,
                 &mut self.device,

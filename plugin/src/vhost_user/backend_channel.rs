@@ -15,9 +15,9 @@ use std::os::unix::net::UnixStream;
 
 use vm_memory::Permissions;
 
-use super::message::encode_miss;
-use crate::vhost_user::reader::MessageReader;
-use crate::vhost_user::wire::{self, WireError, FLAG_NEED_REPLY, FLAG_VERSION_1};
+use super::reader::MessageReader;
+use super::wire::{self, WireError, FLAG_NEED_REPLY, FLAG_VERSION_1};
+use crate::iotlb::message::encode_miss;
 
 /// `VHOST_USER_BACKEND_IOTLB_MSG`.
 pub const BACKEND_IOTLB_MSG: u32 = 1;
