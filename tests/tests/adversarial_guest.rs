@@ -34,7 +34,8 @@ fn rst_for_a_bad_packet_ends_the_connection_on_both_sides() {
     let p = plugin(&["--max-connections", "1"]);
     let mut vm = qemu_vm(&p);
     let l = listen(&p.vm().port_path(14000));
-    let cases: [(&str, fn(&mut Header)); 3] = [
+    type Mutation = fn(&mut Header);
+    let cases: [(&str, Mutation); 3] = [
         ("RW longer than its descriptors", |h| {
             h.op = OP_RW;
             h.len = 1000;

@@ -65,7 +65,7 @@ pub fn gpa_of(mem: &GuestMemory, va: u64) -> Option<u64> {
 pub fn with_iovas(mem: &GuestMemory, v: &VringSetup) -> io::Result<VringSetup> {
     let conv =
         |va| gpa_of(mem, va).ok_or_else(|| io::Error::other(format!("{va:#x} is not guest RAM")));
-    let mut iova = v.clone();
+    let mut iova = *v;
     iova.desc_va = conv(v.desc_va)?;
     iova.avail_va = conv(v.avail_va)?;
     iova.used_va = conv(v.used_va)?;
