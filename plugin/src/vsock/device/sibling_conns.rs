@@ -11,9 +11,10 @@
 //!   guest sends for such a connection (a socket from the snapshot it has not reset yet) is
 //!   dropped without reply, as for host connections (`snapshot`).
 //!
-//! A connection is known from its REQUEST (either direction) until an RST (either direction).
-//! Connections ending without an RST (the peer VM went away) stay known until the set is cleared
-//! by a restore; the set is bounded by [`MAX_TRACKED`].
+//! A connection is known from its REQUEST (either direction) until an RST (either direction, or
+//! the device's own RST when the peer is unreachable or its parking is full). Connections ending
+//! with no RST at all (the peer's process side vanished mid-connection) stay known until the set
+//! is cleared by a restore; the set is bounded by [`MAX_TRACKED`].
 
 use std::collections::HashMap;
 
@@ -89,6 +90,16 @@ impl VsockDevice {
         ok
     }
 
+    /// The device answered the guest's packet `hdr` to a sibling with RST (unreachable, or its
+    /// parking full): that connection is over.
+    pub(super) fn forget_sibling(&mut self, hdr: &PacketHeader) {
+        self.sibling_conns.live.remove(&SiblingKey {
+            peer_cid: hdr.dst_cid(),
+            peer_port: hdr.dst_port(),
+            local_port: hdr.src_port(),
+        });
+    }
+
     /// The next sibling packet for the guest, skipping (and answering with RST) those of
     /// connections from before a restore.
     pub(super) fn pop_sibling(&mut self) -> Option<Vec<u8>> {
@@ -158,7 +169,35 @@ impl VsockDevice {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_guest::TestGuest;
+    use super::super::tests::{device, TempDir};
     use super::*;
+    use crate::vsock::packet::{kind, Endpoints};
+
+    /// A connect to a sibling that is not there is answered with RST and not remembered: a guest
+    /// retrying it cannot fill the set.
+    #[test]
+    fn an_unreachable_sibling_connect_is_not_tracked() {
+        let dir = TempDir::new("sibling-unreachable");
+        let mut dev = device(&dir);
+        let mut g = TestGuest::new();
+        g.post_rx(4);
+        let ends = Endpoints {
+            src_cid: 3,
+            src_port: 1024,
+            dst_cid: 9,
+            dst_port: 5000,
+        };
+        g.send(
+            &mut dev,
+            PacketHeader::new(ends, kind::STREAM, Op::Request),
+            &[],
+        );
+        g.pump(&mut dev);
+        let got: Vec<Option<Op>> = g.received().iter().map(|(h, _)| h.op()).collect();
+        assert_eq!(got, vec![Some(Op::Rst)]);
+        assert!(dev.sibling_conns.live.is_empty());
+    }
 
     fn key(p: u32) -> SiblingKey {
         SiblingKey {
