@@ -13,8 +13,8 @@
 //!
 //! A connection is known from its REQUEST (either direction) until an RST (either direction, or
 //! the device's own RST when the peer is unreachable or its parking is full). Connections ending
-//! with no RST at all (the peer's process side vanished mid-connection) stay known until the set
-//! is cleared by a restore; the set is bounded by [`MAX_TRACKED`].
+//! with no RST seen here (both ends went quiet for good) stay known until the set is cleared by
+//! a restore; the set is bounded by [`MAX_TRACKED`].
 
 use std::collections::HashMap;
 
