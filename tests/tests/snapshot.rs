@@ -520,3 +520,254 @@ fn a_frontend_leaving_mid_transfer_leaves_no_busy_pipe() {
     assert_serves_new_frontend(&p);
     drop(w);
 }
+
+/// A load into the process that serves the VM now (crosvm restoring a running backend): sleep,
+/// load `state`, wake with the current rings.
+fn load_in_place(vm: &mut Vm, state: &[u8]) {
+    let acked = vm.negotiated.features;
+    let bases = crosvm::sleep(&mut vm.client, acked, &ALL_RINGS).unwrap();
+    assert_eq!(
+        crosvm::restore(&mut vm.client, acked, true, state, secs(5)).unwrap(),
+        0
+    );
+    wake(vm, &bases);
+}
+
+/// Waits for the restore's TRANSPORT_RESET, checking in guest memory that no rx buffer was used
+/// before it (`rx0`, `ev0`: the used indexes before the load).
+fn assert_reset_before_rx(vm: &mut Vm, rx0: u16, ev0: u16) {
+    let deadline = std::time::Instant::now() + secs(5);
+    loop {
+        let ev = vm.driver.evq.as_ref().unwrap().used_idx();
+        let rx = vm.driver.rxq.used_idx();
+        assert!(rx == rx0 || ev != ev0, "rx packet before TRANSPORT_RESET");
+        if ev != ev0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no TRANSPORT_RESET");
+        std::thread::sleep(ms(2));
+    }
+    assert_eq!(
+        vm.driver.recv_event(secs(1)).unwrap(),
+        Some(EVENT_TRANSPORT_RESET)
+    );
+}
+
+/// Reads `s` until EOF or a reset: the host end of a closed connection.
+fn assert_host_closed(s: &mut std::os::unix::net::UnixStream) {
+    use std::io::Read;
+    s.set_read_timeout(Some(secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue, // bytes written before the load may still be there
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("host socket neither closed nor reset: {e}"),
+        }
+    }
+}
+
+/// A load into a process whose device has live connections (crosvm restoring an earlier
+/// snapshot into the running backend): every host socket sees EOF, the guest hears
+/// TRANSPORT_RESET before any rx packet, nothing of the old connections reaches it afterwards
+/// (host bytes written during the pause, a stale guest RW on a connection from the snapshot and
+/// on one opened after it), new connections work both ways, and the plugin's fds are back to
+/// what they were before the connections.
+#[test]
+fn a_load_into_a_running_device_closes_its_connections() {
+    let p = plugin(&[]);
+    let pid = p.pid().unwrap();
+    let mut vm = crosvm_vm(&p);
+    vm.driver.pump_for(ms(100)).unwrap();
+    let fds_before = measure::fd_count(pid);
+
+    let (g2h, mut ha, _la) = guest_to_host(&mut vm, &p, 6200);
+    let (h2g, mut hb) = host_to_guest(&mut vm, &p, 7200);
+    let (bases, state) = sleep_and_save(&mut vm);
+    wake(&mut vm, &bases);
+    // Opened after the save: the restored guest never had it.
+    let (later, mut hc, _lc) = guest_to_host(&mut vm, &p, 6202);
+    vm.driver.send(g2h, b"old").unwrap();
+    assert_eq!(read_exact_timeout(&mut ha, 3, secs(5)).unwrap(), b"old");
+    hb.write_all(b"old").unwrap();
+    assert_eq!(vm.driver.recv_exact(h2g, 3, secs(5)).unwrap(), b"old");
+    vm.driver.send(later, b"later").unwrap();
+    assert_eq!(read_exact_timeout(&mut hc, 5, secs(5)).unwrap(), b"later");
+    vm.driver.pump_for(ms(100)).unwrap();
+
+    let rx0 = vm.driver.rxq.used_idx();
+    let ev0 = vm.driver.evq.as_ref().unwrap().used_idx();
+    let old = [g2h, h2g, later];
+    let seen = |vm: &Vm| old.map(|k| vm.driver.conn(k).history.len());
+    let seen_before = seen(&vm);
+    let acked = vm.negotiated.features;
+    let bases = crosvm::sleep(&mut vm.client, acked, &ALL_RINGS).unwrap();
+    // Host bytes written while the VM sleeps sit in the host socket at the load.
+    hb.write_all(b"in flight").unwrap();
+    std::thread::sleep(ms(50));
+    assert_eq!(
+        crosvm::restore(&mut vm.client, acked, true, &state, secs(5)).unwrap(),
+        0
+    );
+    wake(&mut vm, &bases);
+    for s in [&mut ha, &mut hb, &mut hc] {
+        assert_host_closed(s);
+    }
+    let _ = hb.write_all(b"after the load"); // EPIPE or lost: never reaches the guest
+    for k in [g2h, later] {
+        let stale = vm.driver.header(k, OP_RW, 5, 0);
+        vm.driver.send_packet(&stale, b"stale").unwrap();
+    }
+    assert_reset_before_rx(&mut vm, rx0, ev0);
+    for k in old {
+        assert_eq!(vm.driver.conn(k).state, ConnState::Reset, "{k:?}");
+    }
+    vm.driver.pump_for(ms(300)).unwrap();
+    assert_eq!(
+        seen(&vm),
+        seen_before,
+        "a packet of a pre-load connection reached the guest (e.g. an RST for a stale RW)"
+    );
+
+    // New connections both ways.
+    let (g2h_new, mut hn, _ln) = guest_to_host(&mut vm, &p, 6201);
+    vm.driver.send(g2h_new, b"new g2h").unwrap();
+    assert_eq!(read_exact_timeout(&mut hn, 7, secs(5)).unwrap(), b"new g2h");
+    hn.write_all(b"reply").unwrap();
+    assert_eq!(vm.driver.recv_exact(g2h_new, 5, secs(5)).unwrap(), b"reply");
+    let (h2g_new, mut hm) = host_to_guest(&mut vm, &p, 7201);
+    hm.write_all(b"new h2g").unwrap();
+    assert_eq!(
+        vm.driver.recv_exact(h2g_new, 7, secs(5)).unwrap(),
+        b"new h2g"
+    );
+    vm.driver.send(h2g_new, b"back").unwrap();
+    assert_eq!(read_exact_timeout(&mut hm, 4, secs(5)).unwrap(), b"back");
+    assert!(vm.driver.anomalies.is_empty(), "{:?}", vm.driver.anomalies);
+    assert_logged(&p, "restored, generation 1");
+
+    // The sockets of the old connections are gone; those of the new ones go when they close.
+    drop((ha, hb, hc, hn, hm, _la, _lc, _ln));
+    let deadline = std::time::Instant::now() + secs(5);
+    loop {
+        vm.driver.pump_for(ms(50)).unwrap();
+        let now = measure::fd_count(pid);
+        if now <= fds_before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plugin holds {now} fds, {fds_before} before the connections"
+        );
+    }
+}
+
+/// Two VMs of one group in one process with a connection between them; A is loaded in place.
+/// The sibling's end is reset (RST), a packet it still sends on the old connection never reaches
+/// A's guest (and is answered with RST), one A's restored guest sends on it never reaches B, and
+/// new connections between them work both ways.
+#[test]
+fn a_load_resets_sibling_connections_and_filters_their_packets() {
+    let p = PluginProcess::multi(&[(3, "groups=g1"), (4, "groups=g1")]).unwrap();
+    let mut a = Vm::start(&p.vms[0].socket, VmOptions::crosvm().cid(3)).unwrap();
+    let mut b = Vm::start(&p.vms[1].socket, VmOptions::crosvm().cid(4)).unwrap();
+    let acked = a.negotiated.features;
+    let bases = crosvm::sleep(&mut a.client, acked, &ALL_RINGS).unwrap();
+    let state = crosvm::snapshot(&mut a.client, secs(5)).unwrap();
+    wake(&mut a, &bases);
+
+    // A → B, connected after the save: the load rolls A back to before it.
+    b.driver.listen(9000);
+    let aid = a.driver.connect_start(4, 9000, TYPE_STREAM).unwrap();
+    let req = b
+        .driver
+        .wait_request(9000, secs(5))
+        .unwrap()
+        .expect("REQUEST");
+    let bid = b.driver.accept_request(&req).unwrap();
+    assert_eq!(
+        a.driver.wait_connected(aid, secs(5)).unwrap(),
+        ConnState::Established
+    );
+    a.driver.send(aid, b"to b").unwrap();
+    assert_eq!(b.driver.recv_exact(bid, 4, secs(5)).unwrap(), b"to b");
+
+    a.driver.pump_for(ms(100)).unwrap();
+    let rx0 = a.driver.rxq.used_idx();
+    let ev0 = a.driver.evq.as_ref().unwrap().used_idx();
+    load_in_place(&mut a, &state);
+    assert_reset_before_rx(&mut a, rx0, ev0);
+    assert_eq!(a.driver.conn(aid).state, ConnState::Reset);
+    let a_seen = a.driver.conn(aid).history.len();
+
+    // The sibling hears of it: its socket is reset.
+    let deadline = std::time::Instant::now() + secs(5);
+    while b.driver.conn(bid).state != ConnState::Reset {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sibling's end of the connection was not reset"
+        );
+        b.driver.pump_for(ms(20)).unwrap();
+    }
+    let b_seen = b.driver.conn(bid).history.len();
+
+    // The sibling still sends on it (a packet in flight, or a socket that ignored the RST).
+    let hdr = b.driver.header(bid, OP_RW, 5, 0);
+    b.driver.send_packet(&hdr, b"stale").unwrap();
+    // A's restored guest still sends on it (before it processed the reset).
+    let hdr = a.driver.header(aid, OP_RW, 5, 0);
+    a.driver.send_packet(&hdr, b"stale").unwrap();
+    a.driver.pump_for(ms(300)).unwrap();
+    b.driver.pump_for(ms(300)).unwrap();
+    assert_eq!(
+        a.driver.conn(aid).history.len(),
+        a_seen,
+        "a packet of a pre-load sibling connection reached the restored guest"
+    );
+    let b_new: Vec<u16> = b.driver.conn(bid).history[b_seen..]
+        .iter()
+        .map(|h| h.op)
+        .collect();
+    assert_eq!(
+        b_new,
+        vec![OP_RST],
+        "the sibling's stale packet is answered with RST, and the restored guest's never arrives"
+    );
+
+    // New connections, both directions.
+    b.driver.listen(9001);
+    let aid2 = a.driver.connect_start(4, 9001, TYPE_STREAM).unwrap();
+    let req = b
+        .driver
+        .wait_request(9001, secs(5))
+        .unwrap()
+        .expect("REQUEST");
+    let bid2 = b.driver.accept_request(&req).unwrap();
+    assert_eq!(
+        a.driver.wait_connected(aid2, secs(5)).unwrap(),
+        ConnState::Established
+    );
+    a.driver.send(aid2, b"hello b").unwrap();
+    assert_eq!(b.driver.recv_exact(bid2, 7, secs(5)).unwrap(), b"hello b");
+    b.driver.send(bid2, b"hello a").unwrap();
+    assert_eq!(a.driver.recv_exact(aid2, 7, secs(5)).unwrap(), b"hello a");
+    a.driver.listen(9002);
+    let bid3 = b.driver.connect_start(3, 9002, TYPE_STREAM).unwrap();
+    let req = a
+        .driver
+        .wait_request(9002, secs(5))
+        .unwrap()
+        .expect("REQUEST");
+    let aid3 = a.driver.accept_request(&req).unwrap();
+    assert_eq!(
+        b.driver.wait_connected(bid3, secs(5)).unwrap(),
+        ConnState::Established
+    );
+    b.driver.send(bid3, b"from b").unwrap();
+    assert_eq!(a.driver.recv_exact(aid3, 6, secs(5)).unwrap(), b"from b");
+    a.driver.send(aid3, b"from a").unwrap();
+    assert_eq!(b.driver.recv_exact(bid3, 6, secs(5)).unwrap(), b"from a");
+    assert!(a.driver.anomalies.is_empty(), "{:?}", a.driver.anomalies);
+    assert!(b.driver.anomalies.is_empty(), "{:?}", b.driver.anomalies);
+}

@@ -49,6 +49,7 @@ mod drain;
 mod host_events;
 pub(crate) mod interests;
 mod rx;
+mod sibling_conns;
 mod sibling_out;
 pub mod snapshot;
 mod socket_io;
@@ -161,6 +162,8 @@ pub struct VsockDevice {
     limits: Option<Box<dyn ConnectionLimits>>,
     /// What a DEVICE_STATE restore left behind (see `snapshot`).
     restored: snapshot::Restored,
+    /// Sibling connections, known for restores (see `sibling_conns`).
+    sibling_conns: sibling_conns::SiblingConns,
 }
 
 impl VsockDevice {
@@ -200,6 +203,7 @@ impl VsockDevice {
             events: None,
             limits: None,
             restored: Default::default(),
+            sibling_conns: Default::default(),
         }
     }
 

@@ -52,7 +52,7 @@ impl VsockDevice {
             }
             let written = if let Some(c) = self.control.pop_front() {
                 Some(self.write_control(c, &chain, mem))
-            } else if let Some(packet) = self.sibling.pop() {
+            } else if let Some(packet) = self.pop_sibling() {
                 self.write_sibling(packet, &chain, mem)
             } else {
                 self.write_conn_data(&chain, mem, &mut rings.vrings[RX_QUEUE])

@@ -51,6 +51,7 @@ impl VsockDevice {
                 Delivery::Full(packet) => packet,
                 Delivery::Unreachable => {
                     crate::log_limited!(Debug, "no reachable sibling with CID {dst}");
+                    self.forget_sibling(hdr);
                     self.reply_rst(hdr);
                     return;
                 }
@@ -70,6 +71,7 @@ impl VsockDevice {
                 hdr.dst_port()
             );
             self.stats.dropped_packets += 1;
+            self.forget_sibling(hdr);
             self.reply_rst(hdr);
             return;
         }
@@ -104,7 +106,9 @@ impl VsockDevice {
                     Delivery::Unreachable => {
                         // The receiver went away: tell our guest, as if it were sent now.
                         parked.bytes -= len;
-                        self.reply_rst(&PacketHeader::from_bytes(&raw));
+                        let hdr = PacketHeader::from_bytes(&raw);
+                        self.forget_sibling(&hdr);
+                        self.reply_rst(&hdr);
                     }
                 }
             }

@@ -11,6 +11,8 @@
 //! - Packets the guest still sends for a connection open at save time are dropped silently: the
 //!   guest resets those sockets on TRANSPORT_RESET, and an RST for them would be a packet about a
 //!   pre-snapshot connection. A guest REQUEST reusing such a key is a new connection.
+//! - Sibling connections (VMs of the same group in this process) are reset at the peer and
+//!   filtered both ways from then on: see `sibling_conns`.
 //! - Local ports: the allocator continues [`RESTORE_PORT_SKIP`] ports after the saved position and
 //!   never hands out a port a saved connection held, so a stale guest socket cannot be confused
 //!   with a new host-initiated connection.
@@ -99,21 +101,30 @@ impl VsockDevice {
 
     /// Applies a loaded (already validated) snapshot: see the module rules.
     pub fn restore_state(&mut self, s: &DeviceSnapshot) {
+        // A load into a running device (crosvm restoring in place) also ends the connections
+        // open now; they count as pre-snapshot too: the guest may still hold a socket for one
+        // (the snapshot had it) or not (opened after the save), and in neither case may a packet
+        // about it reach the restored guest.
+        let pre: Vec<SavedConn> = s
+            .connections
+            .iter()
+            .copied()
+            .chain(self.export_state().connections)
+            .collect();
         self.reset();
+        self.reset_sibling_conns();
         self.transport_reset_pending = true;
         self.next_local_port = skip_ports(s.next_local_port, RESTORE_PORT_SKIP);
         self.restored = Restored {
             generation: s.generation.saturating_add(1),
-            stale: s
-                .connections
+            stale: pre
                 .iter()
                 .map(|c| ConnKey {
                     host_port: c.host_port,
                     guest_port: c.guest_port,
                 })
                 .collect(),
-            stale_ports: s
-                .connections
+            stale_ports: pre
                 .iter()
                 .filter(|c| c.host_initiated)
                 .map(|c| c.host_port)

@@ -197,6 +197,9 @@ impl VsockDevice {
                 self.handle_host_packet(&hdr, op, chain, mem, batch);
             }
             dst => {
+                if !self.sibling_out_allowed(&hdr) {
+                    return;
+                }
                 let mut packet = vec![0u8; HEADER_SIZE + len];
                 if chain.readable.read_at(mem, 0, &mut packet).is_err() {
                     return;
