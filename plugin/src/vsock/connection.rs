@@ -153,8 +153,8 @@ pub struct Connection {
     pub kind: u16,
     /// Phase and open directions; changed only through its transitions.
     pub state: ConnState,
-    /// The host end (None while a guest-initiated connect waits for backlog room).
-    pub host: Option<UnixStream>,
+    /// The host end (None while a guest-initiated connect waits for backlog room or its route).
+    host: Option<UnixStream>,
     credit: Credit,
     /// Guest → host bytes waiting for the host socket.
     tx_queue: TxQueue,
@@ -186,18 +186,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(
-        key: ConnKey,
-        kind: u16,
-        state: ConnState,
-        host: Option<UnixStream>,
-        buf_alloc: u32,
-    ) -> Connection {
+    pub fn new(key: ConnKey, kind: u16, state: ConnState, buf_alloc: u32) -> Connection {
         Connection {
             key,
             kind,
             state,
-            host,
+            host: None,
             credit: Credit::new(buf_alloc),
             tx_queue: TxQueue::default(),
             seq_partial: Vec::new(),
@@ -245,6 +239,10 @@ impl Connection {
     /// The host end, connected (guest-initiated) or accepted (host-initiated).
     pub fn attach_host(&mut self, sock: UnixStream) {
         self.host = Some(sock);
+    }
+
+    pub fn host(&self) -> Option<&UnixStream> {
+        self.host.as_ref()
     }
 
     /// The host end, handed over by a registered host service.
@@ -515,7 +513,7 @@ mod tests {
         ours.set_nonblocking(true).unwrap();
         let mut state = ConnState::peer_init(Instant::now(), false);
         state.establish();
-        let mut conn = Connection::new(KEY, kind, state, None, buf_alloc);
+        let mut conn = Connection::new(KEY, kind, state, buf_alloc);
         conn.attach_host(ours);
         (conn, peer)
     }
@@ -578,7 +576,7 @@ mod tests {
         assert!(conn.is_host_writable());
         assert!(conn.may_write_direct());
         assert_eq!(conn.credit().fwd_cnt as usize, data.len());
-        conn.host = None;
+        drop(conn);
         peer.read_to_end(&mut got).unwrap();
         assert_eq!(got, data);
     }
@@ -674,7 +672,6 @@ mod tests {
             KEY,
             kind::STREAM,
             ConnState::local_init(Instant::now()),
-            None,
             4096,
         );
         conn.opened_by_host_client(b"OK 5678\n".to_vec(), b"early");

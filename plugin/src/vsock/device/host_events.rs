@@ -240,7 +240,6 @@ impl VsockDevice {
             key,
             kind::STREAM,
             ConnState::local_init(Instant::now()),
-            None,
             self.cfg.buf_alloc,
         );
         let ok_port = match self.cfg.ok_reply {
@@ -315,7 +314,7 @@ impl VsockDevice {
             let Some(want) = conn.out_interest_change() else {
                 continue;
             };
-            let Some(sock) = conn.host.as_ref() else {
+            let Some(sock) = conn.host() else {
                 continue;
             };
             if self.host_interest(ControlOperation::Modify, sock, slot, want) {

@@ -38,7 +38,7 @@ pub(super) fn read_stream(
     mem: &DeviceMemory,
     ranges: &mut Vec<(GuestAddress, usize)>,
 ) -> io::Result<usize> {
-    let Some(sock) = conn.host.as_ref() else {
+    let Some(sock) = conn.host() else {
         return Ok(0);
     };
     ranges.clear();
@@ -54,7 +54,7 @@ pub(super) fn read_stream(
 /// Host → guest SEQPACKET: takes one whole message into the connection (sent as one or more RW
 /// packets, EOM|EOR on the last). A message larger than our buffer is a host error (reset).
 pub(super) fn read_host_message(conn: &mut Connection) -> io::Result<()> {
-    let Some(sock) = conn.host.as_ref() else {
+    let Some(sock) = conn.host() else {
         return Ok(());
     };
     let mut buf = vec![0u8; conn.credit().buf_alloc as usize];

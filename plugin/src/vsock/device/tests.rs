@@ -498,7 +498,7 @@ fn guest_rst_closes_the_host_socket_without_an_answer() {
 /// while the host reads nothing.
 fn shrink_host_send_buffer(dev: &VsockDevice) {
     let conn = dev.conns.iter().next().unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(conn.host.as_ref().unwrap());
+    let fd = std::os::fd::AsRawFd::as_raw_fd(conn.host().unwrap());
     let small: libc::c_int = 4096;
     // SAFETY: setsockopt reads one c_int from `small`, which lives across the call.
     let rc = unsafe {

@@ -97,7 +97,7 @@ impl VsockDevice {
         let ranges = std::mem::take(&mut batch.ranges);
         let alive = self.conns.generation(slot) == generation;
         if let Some(conn) = self.conns.get_mut(slot).filter(|_| alive) {
-            let result = match conn.host.as_ref() {
+            let result = match conn.host() {
                 // Bytes queued ahead (an earlier flush the socket did not take whole) go first.
                 Some(_) if conn.has_queued_for_host() => Ok(0),
                 Some(sock) => guest_io::send_from_guest(sock.as_raw_fd(), mem, &ranges),
@@ -334,7 +334,6 @@ impl VsockDevice {
             hdr.kind(),
             // With a control plane the route is asked for first (answered in apply_route).
             ConnState::peer_init(Instant::now(), self.host_router.is_some()),
-            None,
             buf_alloc,
         );
         conn.peer_credit(hdr.buf_alloc(), hdr.fwd_cnt());
@@ -413,8 +412,7 @@ impl VsockDevice {
         }
         let line = conn.take_ok_line();
         let written = conn
-            .host
-            .as_ref()
+            .host()
             .map(|s| crate::vsock::connection::send(s, &line));
         if !matches!(written, Some(Ok(n)) if n == line.len()) {
             crate::log_limited!(Info, "host client of {:?} went away before OK", conn.key);
