@@ -1,5 +1,8 @@
 //! One guest ↔ host connection: the host socket it maps to, its buffers and credit, and its
-//! protocol state (the state machine itself, with its transitions, is [`super::csm`]).
+//! protocol state (the state machine itself, with its transitions, is [`super::csm`]). Its fields
+//! are private: the device routes packets and socket events here through methods named for what
+//! happened (`queue_to_host`, `note_writable`, `take_rx_ready`, …), as Firecracker's
+//! `csm/connection.rs` does, and never writes a flag or a buffer itself.
 //!
 //! # Protocol primer
 //!

@@ -14,9 +14,9 @@
 //!   connections (reset or a new frontend), so the guest resets its sockets.
 //! - While a ring is disabled it is not processed at all (tx chains stay in the ring until enable).
 //!
-//! The device is a muxer: each connection's protocol state is its state machine
-//! (`vsock::csm`); the device routes packets and events to it and turns its answers into
-//! packets. Here: the device's state and its control-plane hooks. `tx` handles guest packets,
+//! The device is a muxer: it routes packets and events to connections (`vsock::connection`,
+//! which own their buffers, credit and readiness flags; their protocol state is the state machine
+//! `vsock::csm`) and turns their answers into packets. Here: the device's state and its control-plane hooks. `tx` handles guest packets,
 //! `rx` fills the rx and event queues, `host_events` reacts to host sockets, hybrid clients
 //! and timers, `interests` says which fds it watches (through the worker's registry, with
 //! generation-tagged tokens), `socket_io` moves bytes between host sockets and guest buffers,
