@@ -15,7 +15,9 @@
 //!
 //! Dependencies point one way: the worker drives the device, which registers its fds through the
 //! worker's `EventRegistry` with tokens only the device decodes (`vsock::device::interests`);
-//! the device drives connections through their state machine (`vsock::csm`). Types others need
+//! the device routes packets and events to connections (`vsock::connection`: each owns its buffers,
+//! credit and readiness flags, and its protocol state, the state machine `vsock::csm`; the device
+//! writes none of their fields). Types others need
 //! from the device live in leaf modules that import nothing from the plugin (`vsock::status`,
 //! `virtio`, `vsock::packet`), so `control`, `host::route` and the worker do not depend on the
 //! device through them. `plugin/tests/import_cycles.rs` fails on any import circle, between

@@ -1,7 +1,8 @@
 //! The virtio-vsock device proper.
 //!
 //! - [`packet`]: the 44-byte header and its constants.
-//! - [`connection`]: one connection's state machine (with the protocol primer) and host buffer.
+//! - [`connection`]: one connection: host socket, buffers, readiness flags and credit, behind
+//!   methods (with the protocol primer).
 //! - [`csm`]: the connection state machine: phase and which directions are open.
 //! - [`credit`]: credit flow control rules.
 //! - [`conn_table`]: the connections of a VM.

@@ -31,12 +31,12 @@ impl VsockDevice {
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
             };
-            if conn.flush_tx().is_err() {
+            if conn.flush_to_host().is_err() {
                 self.remove_conn(slot, "host socket failed while the plugin stops");
                 continue;
             }
             conn.propagate_guest_shutdown();
-            left += conn.tx_queue.len();
+            left += conn.queued_for_host();
         }
         left
     }
@@ -48,13 +48,13 @@ impl VsockDevice {
         for slot in self.conns.slots_from(0) {
             if let Some(conn) = self.remove_conn(slot, "the plugin is stopping") {
                 closed += 1;
-                if !conn.tx_queue.is_empty() {
+                if conn.has_queued_for_host() {
                     log::warn!(
                         "connection {:?}: {} guest bytes not taken by the host peer before exit",
                         conn.key,
-                        conn.tx_queue.len()
+                        conn.queued_for_host()
                     );
-                    lost += conn.tx_queue.len();
+                    lost += conn.queued_for_host();
                 }
             }
         }

@@ -240,16 +240,13 @@ impl VsockDevice {
             key,
             kind::STREAM,
             ConnState::local_init(Instant::now()),
-            None,
             self.cfg.buf_alloc,
         );
         let ok_port = match self.cfg.ok_reply {
             OkReply::GuestPort => guest_port,
             OkReply::HostPort => host_port,
         };
-        conn.ok_line = Some(format!("OK {ok_port}\n").into_bytes());
-        conn.host_initiated = true;
-        conn.rx_pending.extend(rest);
+        conn.opened_by_host_client(format!("OK {ok_port}\n").into_bytes(), &rest);
         let slot = self.conns.insert(conn);
         self.host_initiated_open += 1;
         if !self.watch_host(&sock, slot, true) {
@@ -257,7 +254,7 @@ impl VsockDevice {
             return;
         }
         if let Some(c) = self.conns.get_mut(slot) {
-            c.host = Some(sock);
+            c.attach_host(sock);
         }
         self.queue_control(self.ends(key), kind::STREAM, Op::Request, 0);
         self.stats.connections_opened += 1;
@@ -314,16 +311,16 @@ impl VsockDevice {
             let Some(conn) = self.conns.get(slot) else {
                 continue;
             };
-            let want = !conn.host_writable;
-            let Some(sock) = conn.host.as_ref() else {
+            let Some(want) = conn.out_interest_change() else {
                 continue;
             };
-            if want != conn.out_watched
-                && self.host_interest(ControlOperation::Modify, sock, slot, want)
-            {
+            let Some(sock) = conn.host() else {
+                continue;
+            };
+            if self.host_interest(ControlOperation::Modify, sock, slot, want) {
                 // Added with EPOLLET, the socket's current writability is reported at once.
                 if let Some(conn) = self.conns.get_mut(slot) {
-                    conn.out_watched = want;
+                    conn.note_out_watched(want);
                 }
             }
         }
@@ -337,10 +334,10 @@ impl VsockDevice {
         if events
             .intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
         {
-            conn.host_readable = true;
+            conn.note_readable();
         }
         if events.contains(EventSet::OUT) {
-            conn.host_writable = true;
+            conn.note_writable();
             self.out_dirty.push(slot);
         }
         let hup = events.contains(EventSet::HANG_UP);
@@ -360,14 +357,14 @@ impl VsockDevice {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if let Err(e) = conn.flush_tx() {
+        if let Err(e) = conn.flush_to_host() {
             crate::log_limited!(Info, "host socket of {:?} failed: {e}", conn.key);
             self.reset_conn(slot);
             return;
         }
         conn.propagate_guest_shutdown();
-        let closing_done = conn.state.guest_closed_both() && conn.tx_queue.is_empty();
-        let update = conn.credit.update_worthwhile();
+        let closing_done = conn.guest_close_flushed();
+        let update = conn.credit_update_worthwhile();
         let (key, k) = (conn.key, conn.kind);
         if closing_done {
             self.reset_conn(slot);

@@ -14,9 +14,9 @@
 //!   connections (reset or a new frontend), so the guest resets its sockets.
 //! - While a ring is disabled it is not processed at all (tx chains stay in the ring until enable).
 //!
-//! The device is a muxer: each connection's protocol state is its state machine
-//! (`vsock::csm`); the device routes packets and events to it and turns its answers into
-//! packets. Here: the device's state and its control-plane hooks. `tx` handles guest packets,
+//! The device is a muxer: it routes packets and events to connections (`vsock::connection`,
+//! which own their buffers, credit and readiness flags; their protocol state is the state machine
+//! `vsock::csm`) and turns their answers into packets. Here: the device's state and its control-plane hooks. `tx` handles guest packets,
 //! `rx` fills the rx and event queues, `host_events` reacts to host sockets, hybrid clients
 //! and timers, `interests` says which fds it watches (through the worker's registry, with
 //! generation-tagged tokens), `socket_io` moves bytes between host sockets and guest buffers,
@@ -232,14 +232,14 @@ impl VsockDevice {
             .map(|c| ConnSnapshot {
                 key: c.key,
                 state: c.state.state(),
-                host_initiated: c.host_initiated,
-                via_service: c.via_service,
-                bytes_from_guest: c.bytes_from_guest,
-                bytes_to_guest: c.bytes_to_guest,
-                buf_alloc: c.credit.buf_alloc,
-                fwd_cnt: c.credit.fwd_cnt,
-                peer_buf_alloc: c.credit.peer_buf_alloc,
-                peer_fwd_cnt: c.credit.peer_fwd_cnt,
+                host_initiated: c.host_initiated(),
+                via_service: c.via_service(),
+                bytes_from_guest: c.bytes_from_guest(),
+                bytes_to_guest: c.bytes_to_guest(),
+                buf_alloc: c.credit().buf_alloc,
+                fwd_cnt: c.credit().fwd_cnt,
+                peer_buf_alloc: c.credit().peer_buf_alloc,
+                peer_fwd_cnt: c.credit().peer_fwd_cnt,
             })
             .collect()
     }
@@ -289,8 +289,7 @@ impl VsockDevice {
                     return;
                 }
                 if let Some(conn) = self.conns.get_mut(slot) {
-                    conn.via_service = true;
-                    conn.host = Some(sock);
+                    conn.attach_service_socket(sock);
                 }
                 self.established(slot);
             }
@@ -303,7 +302,12 @@ impl VsockDevice {
             return;
         };
         conn.state.establish();
-        let (key, k, hi, vs) = (conn.key, conn.kind, conn.host_initiated, conn.via_service);
+        let (key, k, hi, vs) = (
+            conn.key,
+            conn.kind,
+            conn.host_initiated(),
+            conn.via_service(),
+        );
         if !hi {
             self.queue_control(self.ends(key), k, Op::Response, 0);
         }
@@ -315,7 +319,7 @@ impl VsockDevice {
     /// The one place connections leave the table (events see every close).
     fn remove_conn(&mut self, slot: u32, reason: &str) -> Option<Connection> {
         let conn = self.conns.remove(slot)?;
-        if conn.host_initiated {
+        if conn.host_initiated() {
             self.host_initiated_open = self.host_initiated_open.saturating_sub(1);
         }
         if let Some(ev) = &self.events {
@@ -380,9 +384,7 @@ impl VsockDevice {
 
     fn queue_credit_update(&mut self, slot: u32, key: ConnKey, k: u16) {
         if let Some(conn) = self.conns.get_mut(slot) {
-            // The update will carry the fwd_cnt current at send time; mark it as told now so
-            // a burst of data does not queue one update per packet.
-            conn.credit.fwd_cnt_sent = conn.credit.fwd_cnt;
+            conn.note_credit_told();
         }
         self.queue_control(self.ends(key), k, Op::CreditUpdate, 0);
     }
@@ -409,7 +411,7 @@ impl VsockDevice {
     fn reset_conn_because(&mut self, slot: u32, reason: &str) {
         if let Some(conn) = self.remove_conn(slot, reason) {
             let ends = self.ends(conn.key);
-            let request_may_wait = conn.host_initiated && conn.state.is_local_init();
+            let request_may_wait = conn.host_initiated() && conn.state.is_local_init();
             if request_may_wait && self.unqueue_request(ends) {
                 // The guest never saw this connection: nothing to reset, and no stale REQUEST
                 // piles up while the guest posts no rx buffers.

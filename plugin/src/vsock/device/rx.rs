@@ -92,8 +92,7 @@ impl VsockDevice {
     /// Puts `slot` in the rx ready queue if it has host data for the guest.
     pub(super) fn mark_rx(&mut self, slot: u32) {
         if let Some(conn) = self.conns.get_mut(slot) {
-            if !conn.rx_queued && conn.has_rx_data() {
-                conn.rx_queued = true;
+            if conn.queue_rx_if_ready() {
                 self.rx_ready.push_back(slot);
             }
         }
@@ -112,9 +111,7 @@ impl VsockDevice {
             guest_port: c.ends.dst_port,
         };
         if let Some(conn) = self.conns.slot_of(&key).and_then(|s| self.conns.get_mut(s)) {
-            hdr.set_buf_alloc(conn.credit.buf_alloc)
-                .set_fwd_cnt(conn.credit.fwd_cnt);
-            conn.credit.fwd_cnt_sent = conn.credit.fwd_cnt;
+            conn.stamp_credit(&mut hdr);
         }
         if chain.writable.write_at(mem, 0, &hdr.to_bytes()).is_err() {
             return 0;
@@ -170,12 +167,11 @@ impl VsockDevice {
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
             };
-            conn.rx_queued = false;
-            if !conn.has_rx_data() {
+            if !conn.take_rx_ready() {
                 continue;
             }
-            if conn.credit.peer_free() == 0 {
-                if conn.credit.should_request() {
+            if conn.credit().peer_free() == 0 {
+                if conn.should_request_credit() {
                     let (key, k) = (conn.key, conn.kind);
                     self.queue_control(self.ends(key), k, Op::CreditRequest, 0);
                 }
@@ -204,27 +200,21 @@ impl VsockDevice {
         }
         let room = (chain.writable.len() - HEADER_SIZE)
             .min(MAX_PKT_PAYLOAD)
-            .min(conn.credit.peer_free() as usize);
+            .min(conn.credit().peer_free() as usize);
         if room == 0 {
             return None;
         }
-        if conn.rx_pending.is_empty() && conn.is_seqpacket() {
+        if !conn.has_pending_for_guest() && conn.is_seqpacket() {
             if let Err(e) = read_host_message(conn) {
                 crate::log_limited!(Info, "host side of {:?} failed: {e}; reset", conn.key);
                 self.reset_conn(slot);
                 return None;
             }
         }
-        let (n, flags) = if !conn.rx_pending.is_empty() {
-            let n = room.min(conn.rx_pending.len());
-            let bytes: Vec<u8> = conn.rx_pending.drain(..n).collect();
+        let (n, flags) = if conn.has_pending_for_guest() {
+            let (bytes, flags) = conn.take_pending_for_guest(room);
             chain.writable.write_at(mem, HEADER_SIZE, &bytes).ok()?;
-            let flags = if conn.rx_pending.is_empty() {
-                std::mem::take(&mut conn.rx_pending_eom)
-            } else {
-                0
-            };
-            (n, flags)
+            (bytes.len(), flags)
         } else if conn.is_seqpacket() {
             // read_host_message found nothing (EAGAIN or EOF).
             return self.after_empty_read(slot);
@@ -232,7 +222,7 @@ impl VsockDevice {
             // Gather more rx buffers while the guest has credit: one readv fills them all (Linux
             // posts 4 KiB buffers, so a bulk transfer otherwise costs a syscall per 4 KiB).
             let mut extra: Vec<(ChainBuffers, usize)> = Vec::new();
-            let mut credit_left = conn.credit.peer_free() as usize - room;
+            let mut credit_left = conn.credit().peer_free() as usize - room;
             while extra.len() < MAX_RX_GATHER && credit_left > 0 {
                 let Some(c) = rx.pop(mem) else { break };
                 if c.writable.len() <= HEADER_SIZE {
@@ -280,7 +270,7 @@ impl VsockDevice {
                     // the next arrival raises a new edge, so skip the EAGAIN read. Not after a
                     // hang-up was signalled: the EOF behind the data has no edge of its own.
                     if n < total && !conn.state.host_hang_up_seen() {
-                        conn.host_readable = false;
+                        conn.note_read_drained();
                     }
                     // Headers of the extra chains now; they go to the used ring right after the
                     // first chain (byte order = used-ring order).
@@ -301,7 +291,7 @@ impl VsockDevice {
                     (n.min(room), 0)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.host_readable = false;
+                    conn.note_read_drained();
                     return None;
                 }
                 Err(e) => {
@@ -317,7 +307,7 @@ impl VsockDevice {
     /// The host socket had nothing: EAGAIN (wait for the next edge) or EOF (tell the guest).
     pub(super) fn after_empty_read(&mut self, slot: u32) -> Option<usize> {
         let conn = self.conns.get_mut(slot)?;
-        conn.host_readable = false;
+        conn.note_read_drained();
         if let Some(flags) = conn.state.eof_to_tell(Instant::now()) {
             let (key, k) = (conn.key, conn.kind);
             self.queue_control(self.ends(key), k, Op::Shutdown, flags);
@@ -376,13 +366,9 @@ fn write_rw_header_flags(
     flags: u32,
 ) -> Option<usize> {
     let mut hdr = PacketHeader::new(host_ends(guest_cid, conn.key), conn.kind, Op::Rw);
-    hdr.set_len(n as u32)
-        .set_flags(flags)
-        .set_buf_alloc(conn.credit.buf_alloc)
-        .set_fwd_cnt(conn.credit.fwd_cnt);
-    conn.credit.fwd_cnt_sent = conn.credit.fwd_cnt;
-    conn.credit.rx_cnt = conn.credit.rx_cnt.wrapping_add(n as u32);
-    conn.bytes_to_guest += n as u64;
+    hdr.set_len(n as u32).set_flags(flags);
+    conn.stamp_credit(&mut hdr);
+    conn.sent_to_guest(n);
     chain.writable.write_at(mem, 0, &hdr.to_bytes()).ok()?;
     Some(HEADER_SIZE + n)
 }

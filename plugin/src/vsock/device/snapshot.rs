@@ -93,7 +93,7 @@ impl VsockDevice {
                 .map(|c| SavedConn {
                     guest_port: c.key.guest_port,
                     host_port: c.key.host_port,
-                    host_initiated: c.host_initiated,
+                    host_initiated: c.host_initiated(),
                 })
                 .collect(),
         }

@@ -10,7 +10,7 @@ use crate::iotlb::DeviceMemory;
 use crate::virtqueue::chain::ChainBuffers;
 use crate::virtqueue::guest_io;
 use crate::vsock::connection::Connection;
-use crate::vsock::packet::{seq, HEADER_SIZE};
+use crate::vsock::packet::HEADER_SIZE;
 
 /// Guest → host stream data that cannot go to the socket now (data queued ahead, or the socket
 /// is full): copied into the connection's queue, flushed on the next EPOLLOUT.
@@ -25,7 +25,7 @@ pub(super) fn queue_stream(
         .readable
         .read_at(mem, HEADER_SIZE, &mut rest)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    conn.tx_queue.push(rest);
+    conn.queue_to_host(rest);
     Ok(())
 }
 
@@ -38,7 +38,7 @@ pub(super) fn read_stream(
     mem: &DeviceMemory,
     ranges: &mut Vec<(GuestAddress, usize)>,
 ) -> io::Result<usize> {
-    let Some(sock) = conn.host.as_ref() else {
+    let Some(sock) = conn.host() else {
         return Ok(0);
     };
     ranges.clear();
@@ -51,13 +51,13 @@ pub(super) fn read_stream(
     guest_io::recv_into_guest(sock.as_raw_fd(), mem, ranges)
 }
 
-/// Host → guest SEQPACKET: takes one whole message into `rx_pending` (sent as one or more RW
+/// Host → guest SEQPACKET: takes one whole message into the connection (sent as one or more RW
 /// packets, EOM|EOR on the last). A message larger than our buffer is a host error (reset).
 pub(super) fn read_host_message(conn: &mut Connection) -> io::Result<()> {
-    let Some(sock) = conn.host.as_ref() else {
+    let Some(sock) = conn.host() else {
         return Ok(());
     };
-    let mut buf = vec![0u8; conn.credit.buf_alloc as usize];
+    let mut buf = vec![0u8; conn.credit().buf_alloc as usize];
     // SAFETY: buf is valid for buf.len() bytes.
     let n = unsafe {
         libc::recv(
@@ -70,7 +70,7 @@ pub(super) fn read_host_message(conn: &mut Connection) -> io::Result<()> {
     if n < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::WouldBlock {
-            conn.host_readable = false;
+            conn.note_read_drained();
             return Ok(());
         }
         return Err(e);
@@ -86,7 +86,6 @@ pub(super) fn read_host_message(conn: &mut Connection) -> io::Result<()> {
             buf.len()
         )));
     }
-    conn.rx_pending.extend(&buf[..n]);
-    conn.rx_pending_eom = seq::EOM | seq::EOR;
+    conn.hold_message_for_guest(&buf[..n]);
     Ok(())
 }

@@ -2,9 +2,13 @@
 //! that post packets on tx, rx buffers, and read what the device put in the used rings. No
 //! process, no frontend.
 //!
-//! (Not virtio-queue's `MockSplitQueue`: its constructor zeroes the ring indices, so it cannot be
-//! re-created per operation, and its avail ring `end()` counts elements as bytes, which places
-//! the used ring over the avail ring's upper half.)
+//! (Not virtio-queue's `MockSplitQueue` (feature `test-utils`): AOSP's libvirtio_queue is built
+//! without that feature and Soong compiles these tests too; its constructor zeroes the ring
+//! indices, so it cannot be re-created per operation; `add_desc_chains` writes avail entries at
+//! `avail_idx + n` without wrapping at the queue size, so a ring cannot wrap; its avail ring
+//! `end()` counts elements as bytes, which places the used ring over the avail ring's upper half;
+//! and its `create_queue`/`build_desc_chain` produce virtio-queue's `Queue`/`DescriptorChain`,
+//! while the device runs on its own `Vring`.)
 
 use std::collections::HashMap;
 

@@ -158,7 +158,7 @@ fn a_stale_event_does_not_reach_the_connection_that_reuses_its_slot() {
         "the new connection was marked hung up"
     );
     assert!(
-        !conn.host_readable,
+        !conn.is_host_readable(),
         "the new connection was marked readable"
     );
 
@@ -376,7 +376,7 @@ fn data_goes_both_ways_and_credit_is_accounted() {
 
     // host → guest: the host socket's event, then the rx pass.
     host.write_all(b"hello guest").unwrap();
-    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.host_readable));
+    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.is_host_readable()));
     g.pump(&mut dev);
     let got = g.received();
     assert_eq!(ops(&got), vec![Op::Rw]);
@@ -398,7 +398,7 @@ fn host_data_stops_at_the_guest_credit_and_resumes_on_credit_update() {
         &[],
     );
     host.write_all(b"0123456789abcdefghij").unwrap();
-    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.host_readable));
+    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.is_host_readable()));
     g.pump(&mut dev);
     g.pump(&mut dev);
     let got = g.received();
@@ -449,7 +449,7 @@ fn guest_overrunning_its_credit_is_reset_on_both_sides() {
         g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
         &vec![1u8; buf_alloc as usize],
     );
-    let taken = dev.conns.iter().next().unwrap().credit.fwd_cnt;
+    let taken = dev.conns.iter().next().unwrap().credit().fwd_cnt;
     assert!(taken < buf_alloc, "the host socket took only part: {taken}");
     let _ = g.received();
     // Exactly our free space is fine; one byte more is an overrun.
@@ -460,7 +460,7 @@ fn guest_overrunning_its_credit_is_reset_on_both_sides() {
     );
     assert!(ops(&g.received()).iter().all(|&op| op == Op::CreditUpdate));
     assert_eq!(dev.conns.len(), 1);
-    let taken2 = dev.conns.iter().next().unwrap().credit.fwd_cnt - taken;
+    let taken2 = dev.conns.iter().next().unwrap().credit().fwd_cnt - taken;
     g.send(
         &mut dev,
         g.hdr(GUEST_PORT, HOST_PORT, Op::Rw, GUEST_BUF, 0),
@@ -498,7 +498,7 @@ fn guest_rst_closes_the_host_socket_without_an_answer() {
 /// while the host reads nothing.
 fn shrink_host_send_buffer(dev: &VsockDevice) {
     let conn = dev.conns.iter().next().unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(conn.host.as_ref().unwrap());
+    let fd = std::os::fd::AsRawFd::as_raw_fd(conn.host().unwrap());
     let small: libc::c_int = 4096;
     // SAFETY: setsockopt reads one c_int from `small`, which lives across the call.
     let rc = unsafe {
@@ -533,7 +533,7 @@ fn guest_half_close_reaches_the_host_which_may_still_write() {
     host.read_to_end(&mut all).unwrap();
     assert_eq!(all, b"last", "the data, then EOF");
     host.write_all(b"reply").unwrap();
-    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.host_readable));
+    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.is_host_readable()));
     g.pump(&mut dev);
     let got = g.received();
     assert_eq!(ops(&got), vec![Op::Rw]);
@@ -554,7 +554,7 @@ fn host_half_close_reaches_the_guest_which_may_still_send_then_closes_with_rst()
     let mut host = connected(&mut dev, &mut g, &dir);
     host.write_all(b"bye").unwrap();
     host.shutdown(std::net::Shutdown::Write).unwrap();
-    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.host_readable));
+    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.is_host_readable()));
     g.pump(&mut dev);
     g.pump(&mut dev);
     let got = g.received();
@@ -583,7 +583,7 @@ fn host_close_becomes_shutdown_both_and_the_guest_rst_ends_it() {
     let (dir, mut dev, mut g) = fixture("hostclose");
     let host = connected(&mut dev, &mut g, &dir);
     drop(host);
-    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.host_readable));
+    poll_until(&mut dev, |d| d.conns.iter().any(|c| c.is_host_readable()));
     g.pump(&mut dev);
     g.pump(&mut dev);
     let got = g.received();

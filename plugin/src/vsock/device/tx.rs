@@ -97,37 +97,37 @@ impl VsockDevice {
         let ranges = std::mem::take(&mut batch.ranges);
         let alive = self.conns.generation(slot) == generation;
         if let Some(conn) = self.conns.get_mut(slot).filter(|_| alive) {
-            let result = match conn.host.as_ref() {
+            let result = match conn.host() {
                 // Bytes queued ahead (an earlier flush the socket did not take whole) go first.
-                Some(_) if !conn.tx_queue.is_empty() => Ok(0),
+                Some(_) if conn.has_queued_for_host() => Ok(0),
                 Some(sock) => guest_io::send_from_guest(sock.as_raw_fd(), mem, &ranges),
                 None => Ok(0),
             };
             let queued = match result {
                 Ok(done) => {
-                    conn.credit.fwd_cnt = conn.credit.fwd_cnt.wrapping_add(done as u32);
+                    conn.wrote_to_host(done);
                     if done < bytes {
-                        conn.host_writable = false;
+                        conn.note_write_blocked();
                         guest_io::copy_from_guest(mem, &ranges, done)
-                            .map(|rest| conn.tx_queue.push(rest))
+                            .map(|rest| conn.queue_to_host(rest))
                     } else {
                         Ok(())
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.host_writable = false;
-                    guest_io::copy_from_guest(mem, &ranges, 0).map(|rest| conn.tx_queue.push(rest))
+                    conn.note_write_blocked();
+                    guest_io::copy_from_guest(mem, &ranges, 0).map(|rest| conn.queue_to_host(rest))
                 }
                 Err(e) => Err(e),
             };
-            if !conn.host_writable {
+            if !conn.is_host_writable() {
                 // A write came up short: watch for EPOLLOUT (sync_host_interest).
                 self.out_dirty.push(slot);
             }
             if let Err(e) = queued {
                 crate::log_limited!(Info, "host side of {:?} failed: {e}; reset", conn.key);
                 self.reset_conn(slot);
-            } else if conn.credit.update_worthwhile() {
+            } else if conn.credit_update_worthwhile() {
                 let (key, k) = (conn.key, conn.kind);
                 self.queue_credit_update(slot, key, k);
             }
@@ -271,7 +271,7 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
-        conn.credit.update_from_peer(hdr.buf_alloc(), hdr.fwd_cnt());
+        conn.peer_credit(hdr.buf_alloc(), hdr.fwd_cnt());
         match op {
             Op::Request => {
                 crate::log_limited!(Warn, "duplicate REQUEST for {key:?}; reset");
@@ -314,7 +314,7 @@ impl VsockDevice {
             let open = self
                 .conns
                 .iter()
-                .filter(|c| c.key.host_port == key.host_port && !c.host_initiated)
+                .filter(|c| c.key.host_port == key.host_port && !c.host_initiated())
                 .count();
             if open >= limits.max_connections as usize {
                 crate::log_limited!(
@@ -337,10 +337,9 @@ impl VsockDevice {
             hdr.kind(),
             // With a control plane the route is asked for first (answered in apply_route).
             ConnState::peer_init(Instant::now(), self.host_router.is_some()),
-            None,
             buf_alloc,
         );
-        conn.credit.update_from_peer(hdr.buf_alloc(), hdr.fwd_cnt());
+        conn.peer_credit(hdr.buf_alloc(), hdr.fwd_cnt());
         let slot = self.conns.insert(conn);
         self.stats.connections_opened += 1;
         match &self.host_router {
@@ -379,7 +378,7 @@ impl VsockDevice {
                 let Some(conn) = self.conns.get_mut(slot) else {
                     return;
                 };
-                conn.host = Some(sock);
+                conn.attach_host(sock);
                 self.established(slot);
             }
             Ok(Connect::Busy) => {}
@@ -414,10 +413,9 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
-        let line = conn.ok_line.take().unwrap_or_default();
+        let line = conn.take_ok_line();
         let written = conn
-            .host
-            .as_ref()
+            .host()
             .map(|s| crate::vsock::connection::send(s, &line));
         if !matches!(written, Some(Ok(n)) if n == line.len()) {
             crate::log_limited!(Info, "host client of {:?} went away before OK", conn.key);
@@ -454,13 +452,12 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
-        conn.bytes_from_guest += len as u64;
-        if !conn.credit.accept_from_peer(len as u32) {
+        if !conn.accept_from_guest(len) {
             crate::log_limited!(Warn, "guest overran the credit of {:?}; reset", conn.key);
             self.reset_conn(slot);
             return;
         }
-        if !conn.is_seqpacket() && conn.tx_queue.is_empty() && conn.host_writable && len > 0 {
+        if conn.may_write_direct() && len > 0 {
             // Straight from guest memory, gathered with the connection's previous packets.
             if batch.target.is_some_and(|t| t != target) || batch.bytes + len > MAX_BATCH_BYTES {
                 self.flush_tx_batch(batch, mem);
@@ -475,17 +472,12 @@ impl VsockDevice {
             return;
         }
         let result = if conn.is_seqpacket() {
-            let start = conn.seq_partial.len();
-            conn.seq_partial.resize(start + len, 0);
-            let r = chain
-                .readable
-                .read_at(mem, HEADER_SIZE, &mut conn.seq_partial[start..]);
-            if r.is_ok() && hdr.flags() & seq::EOM != 0 {
-                let msg = std::mem::take(&mut conn.seq_partial);
-                conn.tx_queue.push(msg);
-            }
-            r.map_err(|e| io::Error::other(e.to_string()))
-                .and_then(|_| conn.flush_tx())
+            let eom = hdr.flags() & seq::EOM != 0;
+            conn.queue_message_part(len, eom, |buf| {
+                chain.readable.read_at(mem, HEADER_SIZE, buf)
+            })
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|_| conn.flush_to_host())
         } else {
             queue_stream(conn, chain, mem, len)
         };
@@ -494,10 +486,10 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
-        if !conn.host_writable {
+        if !conn.is_host_writable() {
             self.out_dirty.push(slot);
         }
-        if conn.credit.update_worthwhile() {
+        if conn.credit_update_worthwhile() {
             let (key, k) = (conn.key, conn.kind);
             self.queue_credit_update(slot, key, k);
         }
@@ -509,8 +501,8 @@ impl VsockDevice {
         };
         if conn.state.guest_shutdown(flags) {
             // The guest is closing: flush what we hold, then RST to complete its close.
-            let _ = conn.flush_tx();
-            if conn.tx_queue.is_empty() {
+            let _ = conn.flush_to_host();
+            if !conn.has_queued_for_host() {
                 self.reset_conn(slot);
             } else {
                 conn.state.start_closing(Instant::now());
