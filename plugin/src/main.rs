@@ -19,6 +19,8 @@ fn init_logging() {
     #[cfg(not(target_os = "android"))]
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .write_style(env_logger::WriteStyle::Never)
+        // Microseconds, so the data-path trace can time a round trip inside the plugin.
+        .format_timestamp_micros()
         .init();
 }
 

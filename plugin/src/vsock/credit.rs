@@ -11,8 +11,12 @@
 //! - guest → host: we advertise `buf_alloc` = our per-connection buffer and count in `fwd_cnt`
 //!   only bytes actually written to the host socket, so bytes parked in our buffer keep the
 //!   guest's credit down and the buffer cannot overflow. A guest that sends beyond its credit is
-//!   reset. When the guest's last known view of our free space falls below half the buffer while
-//!   more is really free, we send CREDIT_UPDATE unprompted (Linux never asks).
+//!   reset. A Linux guest never sends CREDIT_REQUEST when it runs out (its sendmsg just waits),
+//!   so we send CREDIT_UPDATE unprompted; when is [`Credit::update_worthwhile`].
+
+/// Credit the guest should still hold when a CREDIT_UPDATE leaves: two of its largest packets
+/// (Linux: `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`, 64 KiB), one more than Linux's own threshold.
+const UPDATE_HEADROOM: u32 = 2 * 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Credit {
@@ -77,13 +81,38 @@ impl Credit {
         true
     }
 
-    /// The guest's view of our free buffer space is low while we really have room: it may be
-    /// waiting for a CREDIT_UPDATE.
+    /// The guest's view of our free buffer space is low while we really have room: it may soon
+    /// wait for a CREDIT_UPDATE.
+    ///
+    /// Linux's own receiver (`virtio_transport_stream_do_dequeue`) sends one once the bytes
+    /// consumed since its last update leave less than one largest packet (64 KiB) of the
+    /// buffer, i.e. when the sender is about to run dry; a guest sending 64 KiB packets then
+    /// waits for the update once per buffer. (Its second trigger, "the receive queue is below
+    /// SO_RCVLOWAT", would fire on every packet here: our buffer empties into the host socket at
+    /// once.) We send it one packet earlier, while the guest still holds a full packet of credit
+    /// to send while the update travels, and no later than half the buffer (small buffers): so a
+    /// 256 KiB buffer gets one update per 192 KiB, a 1 MiB buffer one per 896 KiB.
+    ///
+    /// The window is the guest's, not ours alone: Linux (since the 2025 fix, in stable 6.1 too)
+    /// sends at most `min(peer buf_alloc, its own buf_alloc)` unacknowledged, so a guest with a
+    /// 256 KiB buffer stops at 256 KiB in flight even when we advertise 1 MiB; a threshold on
+    /// our buffer alone would wait for bytes that never come.
     pub fn update_worthwhile(&self) -> bool {
         let guest_view_used = self.tx_received.wrapping_sub(self.fwd_cnt_sent);
         let really_used = self.tx_received.wrapping_sub(self.fwd_cnt);
-        let guest_view_free = self.buf_alloc.saturating_sub(guest_view_used);
-        guest_view_free < self.buf_alloc / 2 && really_used < guest_view_used
+        let window = self.guest_send_window();
+        let guest_view_free = window.saturating_sub(guest_view_used);
+        let low = (window / 2).min(UPDATE_HEADROOM);
+        guest_view_free < low && really_used < guest_view_used
+    }
+
+    /// What the guest may have in flight to us: our buffer, capped by its own (its `buf_alloc`,
+    /// once a packet told us; never zero, or no update would ever be due).
+    fn guest_send_window(&self) -> u32 {
+        match self.peer_buf_alloc {
+            0 => self.buf_alloc,
+            own => self.buf_alloc.min(own),
+        }
     }
 }
 
@@ -173,6 +202,57 @@ mod tests {
         assert!(c.accept_from_peer(500));
         c.fwd_cnt = 1100;
         assert!(!c.update_worthwhile());
+    }
+
+    #[test]
+    fn a_large_buffer_is_updated_when_two_packets_of_credit_are_left() {
+        let mut c = Credit::new(1 << 20);
+        // The host reads at once: what the guest sent is forwarded before the next packet.
+        let mut updates = 0;
+        for _ in 0..64 {
+            assert!(
+                c.accept_from_peer(65536),
+                "the guest never exceeds its credit"
+            );
+            c.fwd_cnt = c.tx_received;
+            if c.update_worthwhile() {
+                let guest_view_used = c.tx_received.wrapping_sub(c.fwd_cnt_sent);
+                // One more 64 KiB packet still fits while the update travels.
+                assert!((1 << 20) - guest_view_used >= 65536);
+                c.fwd_cnt_sent = c.fwd_cnt;
+                updates += 1;
+            }
+        }
+        // 4 MiB in 64 KiB packets: one update per 14 packets (896 KiB); half the buffer gave 7.
+        assert_eq!(updates, 4);
+        // At 256 KiB the threshold is half the buffer: one per 3 packets, as before.
+        let mut c = Credit::new(256 * 1024);
+        let mut updates = 0;
+        for _ in 0..12 {
+            assert!(c.accept_from_peer(65536));
+            c.fwd_cnt = c.tx_received;
+            if c.update_worthwhile() {
+                c.fwd_cnt_sent = c.fwd_cnt;
+                updates += 1;
+            }
+        }
+        assert_eq!(updates, 4);
+    }
+
+    #[test]
+    fn the_guest_window_is_capped_by_its_own_buffer() {
+        // We advertise 1 MiB, the guest's own buffer is 256 KiB: it stops at 256 KiB in flight,
+        // so the update must be due by then (at 192 KiB here), not at 896 KiB or 512 KiB.
+        let mut c = Credit::new(1 << 20);
+        c.update_from_peer(256 * 1024, 0);
+        for _ in 0..2 {
+            assert!(c.accept_from_peer(65536));
+            c.fwd_cnt = c.tx_received;
+            assert!(!c.update_worthwhile());
+        }
+        assert!(c.accept_from_peer(65536));
+        c.fwd_cnt = c.tx_received;
+        assert!(c.update_worthwhile(), "192 KiB of a 256 KiB window used");
     }
 
     #[test]

@@ -248,6 +248,9 @@ impl VmWorker {
                     return;
                 }
             };
+            // With the µs log timestamps: wake → "tx pass" / "rx pass" is the plugin's own time
+            // for what the guest or a host socket asked (README, Performance).
+            log::trace!(target: DATAPATH_LOG, "wake n={n}");
             for ev in &events[..n] {
                 if is_device_token(ev.data()) {
                     let running = self.running();

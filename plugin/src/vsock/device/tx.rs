@@ -457,11 +457,20 @@ impl VsockDevice {
             self.reset_conn(slot);
             return;
         }
+        let stream_data = !conn.is_seqpacket() && len > 0;
+        if stream_data
+            && (batch.target.is_some_and(|t| t != target) || batch.bytes + len > MAX_BATCH_BYTES)
+        {
+            // Flushed before deciding how this packet goes: a flush that comes up short queues
+            // the rest of the batch, and this packet must then queue behind it, not be batched
+            // (or queued) ahead of bytes still in the batch.
+            self.flush_tx_batch(batch, mem);
+        }
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
         if conn.may_write_direct() && len > 0 {
             // Straight from guest memory, gathered with the connection's previous packets.
-            if batch.target.is_some_and(|t| t != target) || batch.bytes + len > MAX_BATCH_BYTES {
-                self.flush_tx_batch(batch, mem);
-            }
             if let Err(e) = chain.readable.ranges(HEADER_SIZE, len, &mut batch.ranges) {
                 crate::log_limited!(Warn, "tx payload of {slot} unreadable: {e}; reset");
                 self.reset_conn(slot);
