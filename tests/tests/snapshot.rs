@@ -736,38 +736,29 @@ fn a_load_resets_sibling_connections_and_filters_their_packets() {
     );
 
     // New connections, both directions.
-    b.driver.listen(9001);
-    let aid2 = a.driver.connect_start(4, 9001, TYPE_STREAM).unwrap();
-    let req = b
-        .driver
-        .wait_request(9001, secs(5))
-        .unwrap()
-        .expect("REQUEST");
-    let bid2 = b.driver.accept_request(&req).unwrap();
-    assert_eq!(
-        a.driver.wait_connected(aid2, secs(5)).unwrap(),
-        ConnState::Established
-    );
-    a.driver.send(aid2, b"hello b").unwrap();
-    assert_eq!(b.driver.recv_exact(bid2, 7, secs(5)).unwrap(), b"hello b");
-    b.driver.send(bid2, b"hello a").unwrap();
-    assert_eq!(a.driver.recv_exact(aid2, 7, secs(5)).unwrap(), b"hello a");
-    a.driver.listen(9002);
-    let bid3 = b.driver.connect_start(3, 9002, TYPE_STREAM).unwrap();
-    let req = a
-        .driver
-        .wait_request(9002, secs(5))
-        .unwrap()
-        .expect("REQUEST");
-    let aid3 = a.driver.accept_request(&req).unwrap();
-    assert_eq!(
-        b.driver.wait_connected(bid3, secs(5)).unwrap(),
-        ConnState::Established
-    );
-    b.driver.send(bid3, b"from b").unwrap();
-    assert_eq!(a.driver.recv_exact(aid3, 6, secs(5)).unwrap(), b"from b");
-    a.driver.send(aid3, b"from a").unwrap();
-    assert_eq!(b.driver.recv_exact(bid3, 6, secs(5)).unwrap(), b"from a");
+    sibling_round_trip(&mut a.driver, &mut b.driver, 4, 9001);
+    sibling_round_trip(&mut b.driver, &mut a.driver, 3, 9002);
     assert!(a.driver.anomalies.is_empty(), "{:?}", a.driver.anomalies);
     assert!(b.driver.anomalies.is_empty(), "{:?}", b.driver.anomalies);
+}
+
+/// `from` connects to `port` of sibling `to` (guest CID `to_cid`), and a few bytes go each way.
+fn sibling_round_trip(
+    from: &mut vsock_plugin_tests::frontend::vsock_driver::VsockDriver,
+    to: &mut vsock_plugin_tests::frontend::vsock_driver::VsockDriver,
+    to_cid: u64,
+    port: u32,
+) {
+    to.listen(port);
+    let from_id = from.connect_start(to_cid, port, TYPE_STREAM).unwrap();
+    let req = to.wait_request(port, secs(5)).unwrap().expect("REQUEST");
+    let to_id = to.accept_request(&req).unwrap();
+    assert_eq!(
+        from.wait_connected(from_id, secs(5)).unwrap(),
+        ConnState::Established
+    );
+    from.send(from_id, b"ping").unwrap();
+    assert_eq!(to.recv_exact(to_id, 4, secs(5)).unwrap(), b"ping");
+    to.send(to_id, b"pong").unwrap();
+    assert_eq!(from.recv_exact(from_id, 4, secs(5)).unwrap(), b"pong");
 }
