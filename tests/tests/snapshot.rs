@@ -141,21 +141,7 @@ fn restore_into_a_new_process_resets_the_guest_then_serves_new_connections() {
     let stale = vm.driver.header(g2h, OP_RW, 5, 0);
     vm.driver.send_packet(&stale, b"stale").unwrap();
     // Order in guest memory: the event is used before any rx buffer is.
-    let deadline = std::time::Instant::now() + secs(5);
-    loop {
-        let ev = vm.driver.evq.as_ref().unwrap().used_idx();
-        let rx = vm.driver.rxq.used_idx();
-        assert!(rx == rx0 || ev != ev0, "rx packet before TRANSPORT_RESET");
-        if ev != ev0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no TRANSPORT_RESET");
-        std::thread::sleep(ms(2));
-    }
-    assert_eq!(
-        vm.driver.recv_event(secs(1)).unwrap(),
-        Some(EVENT_TRANSPORT_RESET)
-    );
+    assert_reset_before_rx(&mut vm, rx0, ev0);
     assert_eq!(vm.driver.conn(g2h).state, ConnState::Reset);
     assert_eq!(vm.driver.conn(h2g).state, ConnState::Reset);
     vm.driver.pump_for(ms(300)).unwrap();
