@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (head, state) = data.split_at(16);
+    // Infallible: `head` is exactly 16 bytes, so both halves are 8-byte slices.
     let cid = u64::from_le_bytes(head[..8].try_into().unwrap());
     let features = u64::from_le_bytes(head[8..].try_into().unwrap());
     check(state, cid, features);
